@@ -1,0 +1,142 @@
+"""A llama.cpp model fed input embeddings (llama-cpp-python low-level API).
+
+Both the talker and the code predictor are plain `qwen3` GGUFs whose inputs are embedding rows, not
+tokens. One decode returns the post-final-norm hidden state of the last row (what the code predictor
+consumes) and the logits of the same row (the talker's codec head)."""
+from __future__ import annotations
+
+import ctypes
+import threading
+from pathlib import Path
+
+import numpy as np
+
+import llama_cpp as L
+
+from .errors import ModelError
+
+_init_lock = threading.Lock()
+_initialised = False
+_log_cb = None  # the ctypes callback must outlive every llama.cpp call
+
+
+def _quiet_logs(level_threshold: int = 4) -> None:
+    """llama.cpp logs every tensor at load time; keep only errors (GGML_LOG_LEVEL_ERROR = 4)."""
+    global _log_cb
+
+    @L.llama_log_callback
+    def _cb(level, text, _user):
+        if level >= level_threshold and level != 5:  # 5 = CONT (continuation of the previous line)
+            try:
+                import sys
+                sys.stderr.write(text.decode("utf-8", "replace"))
+            except Exception:
+                pass
+
+    _log_cb = _cb
+    L.llama_log_set(_log_cb, ctypes.c_void_p(0))
+
+
+def _backend_init() -> None:
+    global _initialised
+    with _init_lock:
+        if not _initialised:
+            _quiet_logs()
+            L.llama_backend_init()
+            _initialised = True
+
+
+class EmbeddingLM:
+    """One llama.cpp model + context with a single sequence (id 0) and an explicit position counter."""
+
+    def __init__(self, gguf_path: str | Path, n_ctx: int, threads: int, max_batch: int = 512):
+        _backend_init()
+        path = Path(gguf_path)
+        if not path.is_file():
+            raise ModelError(f"GGUF file not found: {path}")
+        mp = L.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise ModelError(f"llama.cpp could not load {path}")
+        self.n_embd = L.llama_model_n_embd(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = max(max_batch, 1)
+        cp.n_ubatch = max(max_batch, 1)
+        cp.n_seq_max = 1
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        cp.embeddings = True  # post-norm hidden states of output rows (pooling NONE)
+        cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
+        cp.flash_attn_type = 0  # disabled: with an F32 KV cache this matches the reference to ~1e-6
+        cp.type_k = L.GGML_TYPE_F32
+        cp.type_v = L.GGML_TYPE_F32
+        cp.no_perf = True
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            L.llama_model_free(self.model)
+            raise ModelError(f"llama.cpp could not create a context for {path}")
+        self.n_ctx = L.llama_n_ctx(self.ctx)
+        self.max_batch = max(max_batch, 1)
+        self._batch = L.llama_batch_init(self.max_batch, self.n_embd, 1)
+        self._mem = L.llama_get_memory(self.ctx)
+        self.pos = 0  # next position == number of rows in the KV cache
+        self.decode_calls = 0
+
+    def reset(self, keep: int = 0) -> None:
+        """Drop the KV cache from position `keep` on (0: empty)."""
+        L.llama_memory_seq_rm(self._mem, 0, keep, -1)
+        self.pos = keep
+
+    def decode(self, rows: np.ndarray, want_logits: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Append `rows` [n, n_embd] at the next positions; return (hidden, logits) of the last row.
+        Returned arrays are copies (llama.cpp reuses its output buffers)."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if rows.ndim == 1:
+            rows = rows[None, :]
+        n = rows.shape[0]
+        if rows.shape[1] != self.n_embd:
+            raise ValueError(f"row width {rows.shape[1]} != model width {self.n_embd}")
+        if n == 0:
+            raise ValueError("nothing to decode")
+        if self.pos + n > self.n_ctx:
+            raise ValueError(f"context full: {self.pos} + {n} rows > n_ctx {self.n_ctx}")
+        hidden = logits = None
+        for start in range(0, n, self.max_batch):
+            part = rows[start:start + self.max_batch]
+            k = part.shape[0]
+            last = start + k == n
+            b = self._batch
+            ctypes.memmove(b.embd, part.ctypes.data, part.nbytes)
+            for i in range(k):
+                b.pos[i] = self.pos + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = 1 if (last and i == k - 1) else 0
+            b.n_tokens = k
+            rc = L.llama_decode(self.ctx, b)
+            self.decode_calls += 1
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with code {rc}")
+            self.pos += k
+        h = L.llama_get_embeddings_ith(self.ctx, -1)
+        hidden = np.ctypeslib.as_array(h, shape=(self.n_embd,)).copy()
+        if want_logits:
+            lg = L.llama_get_logits_ith(self.ctx, -1)
+            logits = np.ctypeslib.as_array(lg, shape=(self.n_vocab,)).copy()
+        return hidden, logits
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            L.llama_batch_free(self._batch)
+            L.llama_free(self.ctx)
+            L.llama_model_free(self.model)
+            self.ctx = None
+
+    def __del__(self):  # best effort; daemons call close() explicitly
+        try:
+            self.close()
+        except Exception:
+            pass

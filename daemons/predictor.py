@@ -1,0 +1,49 @@
+"""Code-predictor engine: the 5-layer predictor in llama.cpp (per-step decodes with a fresh KV cache
+per frame), the 15 heads and the feedback embedding for the talker's next step (MODEL.md section 4)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .llama_backend import EmbeddingLM
+from .manifest import ModelDir
+from .prompt import frame_embeddings
+from .sampling import SamplingParams, sample_sub
+
+
+class PredictorEngine:
+    def __init__(self, md: ModelDir, threads: int):
+        self.md = md
+        self.n_groups = md.talker["num_code_groups"]
+        self.lm = EmbeddingLM(md.file(md.predictor["gguf"]), n_ctx=self.n_groups + 1, threads=threads,
+                              max_batch=2)
+        self.codec = md.codec_embedding          # talker table: C(c0) is the predictor's second input
+        self.tables = md.predictor_embeddings    # E_1..E_15
+        self.heads = md.predictor_heads          # lm_head[0..14]
+        self.proj = md.mtp_projection()          # None for 0.6B (identity)
+        self.codebook_size = md.predictor["codebook_size"]
+
+    def _in(self, x: np.ndarray) -> np.ndarray:
+        if self.proj is None:
+            return x
+        w, b = self.proj
+        return x @ w.T + b
+
+    def predict(self, hidden: np.ndarray, c0: int, params: SamplingParams,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """hidden: talker post-norm state of the step that produced c0.
+        Returns (codes [16] int64, feedback embedding F(codes) [hidden])."""
+        if not 0 <= c0 < self.codebook_size:
+            raise ValueError(f"code 0 out of range: {c0}")
+        self.lm.reset()
+        h, _ = self.lm.decode(self._in(np.stack([hidden, self.codec[c0]])), want_logits=False)
+        codes = np.empty(self.n_groups, dtype=np.int64)
+        codes[0] = c0
+        for j in range(self.n_groups - 1):
+            codes[j + 1] = sample_sub(self.heads[j] @ h, params, rng)
+            if j < self.n_groups - 2:  # the last table only feeds the talker, never the predictor
+                h, _ = self.lm.decode(self._in(self.tables[j][codes[j + 1]]), want_logits=False)
+        feedback = frame_embeddings(self.codec, self.tables, codes[None, :])[0]
+        return codes, feedback
+
+    def close(self) -> None:
+        self.lm.close()

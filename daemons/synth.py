@@ -1,0 +1,131 @@
+"""In-process synthesis (no daemons): prompt -> talker + code predictor -> streaming vocoder.
+For debugging and parity checks:
+
+    python -m daemons.synth --model-dir DIR --text T --language L [--greedy] [--seed N] [--max-frames N]
+                            [--codes-out F.npy] [--wav-out F.wav] [--chunk-frames N]
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Iterator
+
+import click
+import numpy as np
+
+from .errors import TTSError
+from .generate import Generation, generate_frames
+from .manifest import SAMPLE_RATE, ModelDir
+from .predictor import PredictorEngine
+from .prompt import PromptBuilder
+from .sampling import Sampler, SamplingParams
+from .talker import TalkerEngine
+
+DEFAULT_MAX_FRAMES = 2048  # 164 s of audio; the official wrapper's default max_new_tokens
+
+
+def default_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Synthesizer:
+    def __init__(self, model_dir, threads: int | None = None, n_ctx: int = 4096, vocoder: bool = True):
+        threads = threads or default_threads()
+        self.md = ModelDir(model_dir)
+        self.prompts = PromptBuilder(self.md)
+        self.talker = TalkerEngine(self.md, threads=threads, n_ctx=n_ctx)
+        self.predictor = PredictorEngine(self.md, threads=threads)
+        self.vocoder = None
+        if vocoder:
+            from .vocoder import VocoderEngine
+
+            self.vocoder = VocoderEngine.from_model_dir(self.md, threads=threads)
+
+    def sampling(self, **overrides) -> SamplingParams:
+        return SamplingParams.from_generation_config(self.md.generation, **overrides)
+
+    def frames(self, text: str, language: str = "auto", *, params: SamplingParams | None = None,
+               max_frames: int | None = None, non_streaming: bool = False, xvector=None, ref_codes=None,
+               ref_text: str | None = None, gen: Generation | None = None) -> Iterator[np.ndarray]:
+        prompt = self.prompts.build(text, language, non_streaming=non_streaming, xvector=xvector,
+                                    ref_codes=ref_codes, ref_text=ref_text)
+        room = self.talker.lm.n_ctx - len(prompt.prefill)
+        if room < 1:
+            raise TTSError(f"prompt of {len(prompt.prefill)} rows does not fit the talker context "
+                           f"({self.talker.lm.n_ctx})")
+        max_frames = min(max_frames or DEFAULT_MAX_FRAMES, room)
+        sampler = Sampler(params or self.sampling(), self.md.talker["codec_vocab"], self.md.special["codec_eos"])
+        return generate_frames(self.talker, self.predictor, prompt, sampler, max_frames, gen)
+
+    def synthesize(self, text: str, language: str = "auto", *, chunk_frames: int = 4, **kw):
+        """Returns (codes [n,16] int64, audio float32, Generation). Audio is vocoded in chunks as frames
+        arrive, exactly as a streaming consumer would."""
+        gen = kw.pop("gen", None) or Generation()
+        stream = self.vocoder.new_stream() if self.vocoder else None
+        codes, audio, pending = [], [], []
+        for fr in self.frames(text, language, gen=gen, **kw):
+            codes.append(fr)
+            pending.append(fr)
+            if stream is not None and len(pending) >= chunk_frames:
+                audio.append(stream.decode(np.stack(pending)))
+                pending = []
+        if stream is not None and pending:
+            audio.append(stream.decode(np.stack(pending)))
+        codes_arr = np.stack(codes) if codes else np.zeros((0, 16), dtype=np.int64)
+        wav = np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32)
+        return codes_arr, wav, gen
+
+    def close(self) -> None:
+        self.talker.close()
+        self.predictor.close()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="converted model directory")
+@click.option("--text", required=True, help="text to speak")
+@click.option("--language", default="auto", show_default=True, help="language name or 'auto'")
+@click.option("--greedy", is_flag=True, help="argmax decoding for all 16 codebooks (parity checks)")
+@click.option("--seed", type=int, default=None, help="sampling seed (default: random, printed)")
+@click.option("--max-frames", type=click.IntRange(1), default=None, help=f"cap (default {DEFAULT_MAX_FRAMES})")
+@click.option("--non-streaming-text", is_flag=True, help="whole text in the prompt instead of one token per frame")
+@click.option("--xvector", type=click.Path(dir_okay=False, exists=True), help="speaker x-vector (.npy)")
+@click.option("--codes-out", type=click.Path(dir_okay=False), help="write int64 [frames, 16] codes (.npy)")
+@click.option("--wav-out", type=click.Path(dir_okay=False), help="write 24 kHz audio (.wav)")
+@click.option("--chunk-frames", type=click.IntRange(1), default=4, show_default=True,
+              help="vocoder chunk size in frames")
+@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all usable)")
+def main(model_dir, text, language, greedy, seed, max_frames, non_streaming_text, xvector, codes_out, wav_out,
+         chunk_frames, threads):
+    t0 = time.perf_counter()
+    try:
+        syn = Synthesizer(model_dir, threads=threads, vocoder=wav_out is not None)
+        params = syn.sampling(seed=seed)
+        if greedy:
+            params.do_sample = params.sub_do_sample = False
+        xv = np.load(xvector) if xvector else None
+        t1 = time.perf_counter()
+        codes, wav, gen = syn.synthesize(text, language, params=params, max_frames=max_frames,
+                                         non_streaming=non_streaming_text, xvector=xv, chunk_frames=chunk_frames)
+    except (TTSError, ValueError) as e:
+        click.echo(f"error: {getattr(e, 'message', e)}", err=True)
+        sys.exit(2)
+    t2 = time.perf_counter()
+    if codes_out:
+        np.save(codes_out, codes)
+    if wav_out:
+        import soundfile as sf
+
+        sf.write(wav_out, wav, SAMPLE_RATE, subtype="PCM_16")
+    secs = len(codes) * 0.08
+    click.echo(f"{len(codes)} frames ({secs:.2f} s audio), stop={gen.stop}, seed={gen.seed}, "
+               f"load {t1 - t0:.2f} s, synth {t2 - t1:.2f} s" + (f", RTF {(t2 - t1) / secs:.2f}" if secs else ""))
+    if syn.md.manifest["source"].get("random_weights"):
+        click.echo("NOTE: this model has random weights: its audio is noise, not speech.")
+
+
+if __name__ == "__main__":
+    main()

@@ -43,7 +43,7 @@ class Synthesizer:
         if vocoder:
             from .vocoder import VocoderEngine
 
-            self.vocoder = VocoderEngine.from_model_dir(self.md, threads=threads)
+            self.vocoder = VocoderEngine(self.md.file(self.md.vocoder["onnx"]), self.md.vocoder, threads=threads)
 
     def sampling(self, **overrides) -> SamplingParams:
         return SamplingParams.from_generation_config(self.md.generation, **overrides)

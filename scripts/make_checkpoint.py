@@ -207,7 +207,9 @@ def randomize_(module, gen, gain: float) -> None:
                 p.fill_(0.3)
 
 
-def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0, eos_scale: float = 0.25) -> Path:
+    """`eos_scale` shrinks the codec-head row of EOS: with random weights and a 32-code tiny codebook EOS
+    would otherwise win every ~30 frames, too early for long comparisons (1.0 keeps the plain init)."""
     import_qwen_tts()
     import torch
     from transformers import EncodecFeatureExtractor, Qwen2TokenizerFast
@@ -242,6 +244,8 @@ def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     gen = torch.Generator().manual_seed(seed)
     model = Qwen3TTSForConditionalGeneration(Qwen3TTSConfig(**tts_cfg)).eval()
     randomize_(model, gen, gain=1.6)
+    with torch.no_grad():
+        model.talker.codec_head.weight[tts_cfg["talker_config"]["codec_eos_token_id"]] *= eos_scale
     # The release stores the main model in bfloat16 (the speech tokenizer in float32).
     model.to(torch.bfloat16).save_pretrained(str(out), safe_serialization=True)
     # config.json as released: the plain dict (save_pretrained would expand every sub-config).
@@ -267,8 +271,9 @@ def main(argv=None) -> int:
     ap.add_argument("out", help="output checkpoint directory")
     ap.add_argument("--size", choices=["tiny", "full"], default="tiny")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eos-scale", type=float, default=0.25, help="scale of the EOS row of codec_head")
     a = ap.parse_args(argv)
-    p = make_checkpoint(a.out, a.size, a.seed)
+    p = make_checkpoint(a.out, a.size, a.seed, a.eos_scale)
     print(f"wrote random-weight {a.size} checkpoint to {p} (weights are random: audio from it is noise)")
     return 0
 

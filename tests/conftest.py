@@ -21,6 +21,14 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def eos_ckpt(tmp_path_factory) -> Path:
+    """Plain init of the EOS row: this tiny model stops on EOS within a few dozen frames."""
+    from scripts.make_checkpoint import make_checkpoint
+
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "eos", "tiny", seed=99, eos_scale=1.0)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_ckpt, tmp_path_factory) -> Path:
     from scripts.convert import convert
 

@@ -63,10 +63,10 @@ def test_greedy_codes_identical(case, synth, official):
     ours = np.stack(list(synth.frames(c["text"], c["language"], params=params, max_frames=N_FRAMES,
                                       non_streaming=c.get("non_streaming", False), xvector=xv,
                                       ref_codes=ref_codes, ref_text=c.get("ref_text"))))
-    assert len(ref) >= 40, f"official output ended after {len(ref)} frames: too short to compare"
     assert ours.shape == ref.shape, f"{ours.shape} vs official {ref.shape}"
     mism = np.argwhere(ours != ref)
     assert mism.size == 0, f"first mismatch at frame/codebook {mism[0].tolist()} of {ref.shape}"
+    assert len(ref) >= 40, f"official output ended after {len(ref)} frames: too short to compare"
 
 
 def test_runtime_tokenizer_matches_official(synth, official):
@@ -77,3 +77,28 @@ def test_runtime_tokenizer_matches_official(synth, official):
         ref = official._tokenize_texts([s])[0][0].tolist()
         ours = synth.prompts.tok.encode(s, add_special_tokens=False).ids
         assert ours == ref, t
+
+
+def test_stops_on_eos_like_official(eos_ckpt, tmp_path):
+    """Where the official generate() stops on EOS, ours stops on the same frame with the same codes."""
+    from daemons.generate import Generation
+    from daemons.synth import Synthesizer
+    from scripts.convert import convert
+    from scripts.official import load_official
+
+    off = load_official(eos_ckpt)
+    s = Synthesizer(convert(eos_ckpt, tmp_path / "m", "f32", log=lambda *_: None), threads=2, vocoder=False)
+    try:
+        stopped = 0
+        for text, lang, ns in [("Привет!", "russian", True), ("你好，这是一个语音合成系统的测试。", "chinese", True),
+                               ("Hello, this is a test of the text to speech system.", "english", False)]:
+            ref = official_codes(off, text, lang, non_streaming=ns, frames=70)
+            params = s.sampling(do_sample=False, sub_do_sample=False)
+            gen = Generation()
+            ours = np.stack(list(s.frames(text, lang, params=params, max_frames=70, non_streaming=ns, gen=gen)))
+            assert ours.shape == ref.shape and (ours == ref).all(), text
+            stopped += gen.stop == "eos"
+            assert (gen.stop == "eos") == (len(ref) < 70)
+        assert stopped >= 1, "no case stopped on EOS: the test did not exercise the stop"
+    finally:
+        s.close()

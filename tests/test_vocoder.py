@@ -1,0 +1,188 @@
+"""Streaming ONNX vocoder vs the official decoder (tiny random checkpoint).
+
+The export (scripts/export_vocoder.py) runs once per session; the engine (daemons/vocoder.py) decodes
+random codes one-shot and in chunks of 1, 4 and 25 frames. Exactness = SNR >= 60 dB against one
+official forward over all frames, and exactly frames*1920 samples."""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+try:  # the official classes (conversion-time dependency); absent on a runtime-only install
+    from scripts.official import import_qwen_tts
+
+    import_qwen_tts()
+except Exception as e:  # pragma: no cover
+    pytest.skip(f"qwen-tts not importable: {e}", allow_module_level=True)
+
+from daemons.vocoder import VocoderEngine  # noqa: E402
+
+SEED = 1234
+FRAMES = 210  # > 2 sliding windows (72) of the pre-transformer, exercises KV eviction and masking
+MIN_SNR_DB = 60.0
+
+
+def snr_db(ref, x) -> float:
+    ref = np.asarray(ref, dtype=np.float64).ravel()
+    x = np.asarray(x, dtype=np.float64).ravel()
+    err = float(np.sum((ref - x) ** 2))
+    if err == 0.0:
+        return math.inf
+    return 10.0 * math.log10(float(np.sum(ref ** 2)) / err)
+
+
+OUTPUT_GAIN = 1 / 50  # see tiny_checkpoint
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """Tiny random checkpoint. Its random vocoder is "loud" (pre-clamp rms ~17: ~95 % of the samples
+    would sit at the +-1 clamp, which would hide errors), so the final conv is scaled down to give an
+    unclipped signal of rms ~0.3; everything upstream is untouched."""
+    from safetensors.torch import load_file, save_file
+    from scripts.make_checkpoint import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), "tiny", 0)
+    st = ckpt / "speech_tokenizer" / "model.safetensors"
+    w = load_file(str(st))
+    for k in ("decoder.decoder.6.conv.weight", "decoder.decoder.6.conv.bias"):
+        w[k] = (w[k] * OUTPUT_GAIN).contiguous()
+    save_file(w, str(st), metadata={"format": "pt"})
+    return ckpt
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_checkpoint, tmp_path_factory):
+    from scripts.export_vocoder import export_vocoder
+
+    out = tmp_path_factory.mktemp("vocoder")
+    spec = export_vocoder(tiny_checkpoint, out)
+    return out, spec
+
+
+@pytest.fixture(scope="session")
+def official_decoder(tiny_checkpoint):
+    from scripts.official import load_speech_tokenizer
+
+    return load_speech_tokenizer(tiny_checkpoint).decoder.eval()
+
+
+@pytest.fixture(scope="session")
+def engine(exported):
+    out, spec = exported
+    return VocoderEngine(out / spec["onnx"], spec, threads=2)
+
+
+@pytest.fixture(scope="session")
+def codes_and_reference(official_decoder, engine):
+    rng = np.random.default_rng(SEED)
+    codes = rng.integers(0, engine.codebook_size, size=(FRAMES, engine.num_quantizers), dtype=np.int64)
+    with torch.no_grad():
+        ref = official_decoder(torch.from_numpy(codes).t().unsqueeze(0)).reshape(-1).numpy()
+    assert ref.shape == (FRAMES * 1920,)
+    rms = float(np.sqrt(np.mean(ref.astype(np.float64) ** 2)))
+    assert rms > 0.05, f"reference audio is (nearly) silent (rms {rms:.2e}): the SNR test would be vacuous"
+    # not a constant or mostly clamped signal either (the clamp would mask differences)
+    assert float(np.std(ref)) > 0.05
+    clipped = float(np.mean(np.abs(ref) >= 1.0))
+    assert clipped < 0.1, f"{clipped:.0%} of the reference samples are clamped"
+    return codes, ref
+
+
+def test_spec_describes_states(exported, engine):
+    out, spec = exported
+    assert (out / spec["onnx"]).is_file() and (out / "vocoder.json").is_file()
+    assert spec["samples_per_frame"] == 1920 and spec["sample_rate"] == 24000
+    names = [s["name"] for s in spec["states"]]
+    assert names[0] == "tfm_pos" and spec["states"][0]["dtype"] == "int64"
+    kv = [s for s in spec["states"] if s["kind"] in ("kv_k", "kv_v")]
+    assert len(kv) == 2 * spec["decoder_config"]["num_hidden_layers"]
+    assert all(s["shape"][2] == spec["sliding_window"] - 1 for s in kv)
+    assert all(all(isinstance(d, int) and d > 0 for d in s["shape"]) for s in spec["states"])
+    assert spec["verify"]["snr_db_onnx_stream"] >= MIN_SNR_DB
+    # the engine also finds the spec by itself (vocoder.json next to the model, or the directory)
+    assert VocoderEngine(out, threads=1).state_names == names
+
+
+def test_one_shot_matches_official(engine, codes_and_reference):
+    codes, ref = codes_and_reference
+    wav = engine.decode_all(codes)
+    assert wav.dtype == np.float32 and wav.shape == ref.shape
+    assert float(np.abs(wav).max()) <= 1.0
+    s = snr_db(ref, wav)
+    print(f"one-shot: SNR {s:.1f} dB, max|diff| {np.abs(ref - wav).max():.2e}, ref rms {np.sqrt(np.mean(ref**2)):.3f}")
+    assert s >= MIN_SNR_DB, f"one-shot ONNX vs official: SNR {s:.1f} dB"
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 25])
+def test_streaming_matches_official(engine, codes_and_reference, chunk):
+    codes, ref = codes_and_reference
+    stream = engine.new_stream()
+    parts = []
+    for s in range(0, FRAMES, chunk):
+        part = stream.decode(codes[s:s + chunk])
+        assert part.shape == (min(chunk, FRAMES - s) * 1920,)
+        parts.append(part)
+    wav = np.concatenate(parts)
+    assert wav.shape == ref.shape and stream.frames == FRAMES
+    s = snr_db(ref, wav)
+    print(f"chunk={chunk}: SNR {s:.1f} dB, max|diff| {np.abs(ref - wav).max():.2e}")
+    assert s >= MIN_SNR_DB, f"chunk={chunk}: SNR {s:.1f} dB vs official one-shot"
+
+
+def test_seams_are_detectable(engine, codes_and_reference):
+    """Negative control: independent (stateless) 25-frame chunks, i.e. seams, must fail the SNR bar."""
+    codes, ref = codes_and_reference
+    wav = np.concatenate([engine.decode_all(codes[s:s + 25]) for s in range(0, FRAMES, 25)])
+    s = snr_db(ref, wav)
+    print(f"stateless 25-frame chunks: SNR {s:.1f} dB")
+    assert wav.shape == ref.shape and s < 30.0
+
+
+def test_mixed_chunks_and_clone(engine, codes_and_reference):
+    codes, ref = codes_and_reference
+    sizes = [2, 1, 7, 3, 30, 1, 80]
+    stream, parts, s = engine.new_stream(), [], 0
+    for n in sizes:
+        parts.append(stream.decode(codes[s:s + n]))
+        s += n
+    fork = stream.clone()  # continues independently from the same state
+    rest = stream.decode(codes[s:])
+    assert snr_db(ref, np.concatenate(parts + [rest])) >= MIN_SNR_DB
+    assert snr_db(ref[s * 1920:], fork.decode(codes[s:])) >= MIN_SNR_DB
+    stream.reset()
+    assert snr_db(ref[:1920 * 5], stream.decode(codes[:5])) >= MIN_SNR_DB
+
+
+def test_bad_input_is_rejected(engine):
+    stream = engine.new_stream()
+    K, Q = engine.codebook_size, engine.num_quantizers
+    with pytest.raises(ValueError, match=r"shape \(N, 16\)"):
+        stream.decode(np.zeros((4, Q - 1), np.int64))
+    with pytest.raises(ValueError, match=r"shape \(N, 16\)"):
+        stream.decode(np.zeros((Q, 4), np.int64)[None])
+    with pytest.raises(ValueError, match="at least one frame"):
+        stream.decode(np.zeros((0, Q), np.int64))
+    with pytest.raises(ValueError, match="integers"):
+        stream.decode(np.zeros((2, Q), np.float32))
+    with pytest.raises(ValueError, match="numpy array"):
+        stream.decode([[0] * Q])
+    bad = np.zeros((3, Q), np.int64)
+    bad[2, 5] = K
+    with pytest.raises(ValueError, match=rf"out of range 0\.\.{K - 1}: codes\[2, 5\] = {K}"):
+        stream.decode(bad)
+    bad[2, 5] = -1
+    with pytest.raises(ValueError, match="out of range"):
+        stream.decode(bad)
+    # a rejected chunk leaves the stream untouched
+    assert stream.frames == 0

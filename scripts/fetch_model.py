@@ -23,7 +23,8 @@ def download(repo_id: str, dest: Path, revision: str | None) -> Path:
     try:
         return Path(snapshot_download(repo_id=repo_id, revision=revision, local_dir=str(dest)))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        reason = f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
         raise SystemExit(f"error: cannot download {repo_id} ({reason}). If you have a copy of the checkpoint, "
                          f"pass it with --checkpoint DIR.") from None
 

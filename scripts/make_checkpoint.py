@@ -256,6 +256,11 @@ def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0, eos_scal
     st_dir = out / "speech_tokenizer"
     st = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**st_cfg)).eval()
     randomize_(st, gen, gain=1.0)
+    with torch.no_grad():
+        # A random decoder is loud (pre-clamp rms ~17, ~95 % of samples at the +-1 clamp), which would hide
+        # vocoder errors: scale the last conv so the waveform is unclipped (rms ~0.3).
+        for p in st.decoder.decoder[-1].parameters():
+            p.mul_(1 / 50)
     st.save_pretrained(str(st_dir), safe_serialization=True)
     (st_dir / "config.json").write_text(json.dumps(st_cfg, indent=2) + "\n")
     EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_side="right", padding_value=0.0,

@@ -41,24 +41,10 @@ def snr_db(ref, x) -> float:
     return 10.0 * math.log10(float(np.sum(ref ** 2)) / err)
 
 
-OUTPUT_GAIN = 1 / 50  # see tiny_checkpoint
-
-
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory):
-    """Tiny random checkpoint. Its random vocoder is "loud" (pre-clamp rms ~17: ~95 % of the samples
-    would sit at the +-1 clamp, which would hide errors), so the final conv is scaled down to give an
-    unclipped signal of rms ~0.3; everything upstream is untouched."""
-    from safetensors.torch import load_file, save_file
-    from scripts.make_checkpoint import make_checkpoint
-
-    ckpt = make_checkpoint(tmp_path_factory.mktemp("tiny_ckpt"), "tiny", 0)
-    st = ckpt / "speech_tokenizer" / "model.safetensors"
-    w = load_file(str(st))
-    for k in ("decoder.decoder.6.conv.weight", "decoder.decoder.6.conv.bias"):
-        w[k] = (w[k] * OUTPUT_GAIN).contiguous()
-    save_file(w, str(st), metadata={"format": "pt"})
-    return ckpt
+def tiny_checkpoint(tiny_ckpt):
+    """The shared tiny random checkpoint (make_checkpoint scales its vocoder output to be unclipped)."""
+    return tiny_ckpt
 
 
 @pytest.fixture(scope="session")

@@ -1,39 +1,60 @@
 #!/usr/bin/env bash
-# Single-shot synthesis:  bash launch.sh "text" [--language L] [-o output.wav] [--seed N]
-#   --demo   use a tiny RANDOM-WEIGHT model made locally (no download; the audio is noise, not speech)
-# First use sets up .venv and downloads + converts the official checkpoint (scripts/fetch_model.py).
+# bash launch.sh "text" [--language L] [-o output.wav] [--voice x.npy] [--seed N]
+#   single shot: sets up if needed, starts the three daemons unless already running, waits until they
+#   are ready, synthesizes to output.wav, stops what it started.
+# bash launch.sh --daemon       start the daemons and leave them running
+# bash launch.sh --stop         stop them
+# bash launch.sh --demo "text"  use a tiny RANDOM-WEIGHT model made locally (no download; noise, not speech)
+# Model: $QWEN3_TTS_MODEL_DIR or models/qwen3-tts-0.6b (downloaded + converted on first use).
 set -euo pipefail
 cd "$(dirname "$0")"
-demo=0; text=""; lang=auto; out=output.wav; extra=()
+demo=0; mode=once; text=""; client_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) demo=1 ;;
-    --language|-l) lang="$2"; shift ;;
-    -o|--output) out="$2"; shift ;;
-    --seed|--max-frames|--chunk-frames|--threads) extra+=("$1" "$2"); shift ;;
-    --greedy) extra+=("$1") ;;
-    -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+    --daemon) mode=daemon ;;
+    --stop) mode=stop ;;
+    -l|--language|-o|--output|--voice|--seed|--max-frames|--temperature|--top-k|--top-p) client_args+=("$1" "$2"); shift ;;
+    --greedy|--streaming|--output-raw) client_args+=("$1") ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     -*) echo "launch.sh: unknown option $1" >&2; exit 2 ;;
     *) text="$1" ;;
   esac
   shift
 done
-[ -n "$text" ] || { echo "usage: bash launch.sh \"text\" [--language L] [-o out.wav] [--demo]" >&2; exit 2; }
+PY=.venv/bin/python
+# Without systemd the sockets live in a per-user runtime directory.
+export QWEN3_TTS_RUNTIME_DIR="${QWEN3_TTS_RUNTIME_DIR:-${XDG_RUNTIME_DIR:-/tmp}/qwen3-tts-$(id -u)}"
+if [ "$mode" = stop ]; then
+  [ -x "$PY" ] || exit 0
+  exec "$PY" -m daemons.launcher stop
+fi
+if [ "$mode" = once ] && [ -z "$text" ]; then
+  echo "usage: bash launch.sh \"text\" [--language L] [-o out.wav] [--demo] | --daemon | --stop" >&2; exit 2
+fi
 
 if [ "$demo" = 1 ]; then
-  model=models/demo-tiny
-  if [ ! -f "$model/manifest.json" ]; then
+  export QWEN3_TTS_MODEL_DIR="$PWD/models/demo-tiny"
+  if [ ! -f "$QWEN3_TTS_MODEL_DIR/manifest.json" ]; then
     bash scripts/setup_env.sh convert
-    .venv/bin/python scripts/make_checkpoint.py models/demo-checkpoint --size tiny
-    .venv/bin/python scripts/convert.py models/demo-checkpoint "$model" --quant f32
+    "$PY" scripts/make_checkpoint.py models/demo-checkpoint --size tiny
+    "$PY" scripts/convert.py models/demo-checkpoint "$QWEN3_TTS_MODEL_DIR" --quant f32
   fi
 else
-  model="${QWEN3_TTS_MODEL_DIR:-models/qwen3-tts-0.6b}"
-  if [ ! -f "$model/manifest.json" ]; then
+  export QWEN3_TTS_MODEL_DIR="${QWEN3_TTS_MODEL_DIR:-$PWD/models/qwen3-tts-0.6b}"
+  if [ ! -f "$QWEN3_TTS_MODEL_DIR/manifest.json" ]; then
     bash scripts/setup_env.sh convert
-    .venv/bin/python scripts/fetch_model.py --out "$model"
+    "$PY" scripts/fetch_model.py --out "$QWEN3_TTS_MODEL_DIR"
   fi
 fi
 bash scripts/setup_env.sh
-exec .venv/bin/python -m daemons.synth --model-dir "$model" --text "$text" --language "$lang" \
-  --wav-out "$out" "${extra[@]}"
+
+started=$("$PY" -m daemons.launcher start)
+if [ "$mode" = daemon ]; then
+  echo "daemons running (sockets in $QWEN3_TTS_RUNTIME_DIR); stop with: bash launch.sh --stop"
+  exit 0
+fi
+rc=0
+"$PY" -m client.cli "$text" "${client_args[@]}" || rc=$?
+if [ -n "$started" ]; then "$PY" -m daemons.launcher stop --roles "$started"; fi
+exit $rc

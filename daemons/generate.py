@@ -20,8 +20,8 @@ class Talker(Protocol):
 
 
 class Predictor(Protocol):
-    def predict(self, hidden: np.ndarray, c0: int, params: SamplingParams,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]: ...
+    def predict(self, hidden: np.ndarray, c0: int, params: SamplingParams, seed: int,
+                frame: int) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -49,7 +49,7 @@ def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sample
         if c0 == sampler.eos:
             gen.stop = "eos"
             return
-        codes, feedback = predictor.predict(hidden, c0, sampler.p, sampler.frame_rng(step))
+        codes, feedback = predictor.predict(hidden, c0, sampler.p, sampler.seed, step)
         gen.frames += 1
         yield codes
         if step + 1 == max_frames:

@@ -7,7 +7,7 @@ import numpy as np
 from .llama_backend import EmbeddingLM
 from .manifest import ModelDir
 from .prompt import frame_embeddings
-from .sampling import SamplingParams, sample_sub
+from .sampling import SamplingParams, frame_rng, sample_sub
 
 
 class PredictorEngine:
@@ -28,10 +28,12 @@ class PredictorEngine:
         w, b = self.proj
         return x @ w.T + b
 
-    def predict(self, hidden: np.ndarray, c0: int, params: SamplingParams,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """hidden: talker post-norm state of the step that produced c0.
+    def predict(self, hidden: np.ndarray, c0: int, params: SamplingParams, seed: int,
+                frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """hidden: talker post-norm state of the step that produced c0; (seed, frame) select the random
+        stream, so a predictor in another process draws exactly the same codes.
         Returns (codes [16] int64, feedback embedding F(codes) [hidden])."""
+        rng = frame_rng(seed, frame)
         if not 0 <= c0 < self.codebook_size:
             raise ValueError(f"code 0 out of range: {c0}")
         self.lm.reset()

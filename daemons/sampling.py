@@ -77,6 +77,11 @@ def sample_sub(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) 
     return draw(np.asarray(logits, dtype=np.float32), p.sub_temperature, p.sub_top_k, p.sub_top_p, rng)
 
 
+def frame_rng(seed: int, frame: int) -> np.random.Generator:
+    """The predictor's random stream for one frame of a request."""
+    return np.random.default_rng([seed, 1, frame])
+
+
 class Sampler:
     """Per-request sampling state. Random streams derive from one request seed: code 0 draws from
     stream (seed, 0); the predictor's draws for frame i from (seed, 1, i), so a predictor in another
@@ -92,9 +97,6 @@ class Sampler:
         suppress[codec_vocab - 1024:] = True
         suppress[eos_id] = False
         self.suppress = suppress
-
-    def frame_rng(self, frame: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, 1, frame])
 
     def code0(self, logits: np.ndarray, history: list[int]) -> int:
         x = np.array(logits, dtype=np.float32)

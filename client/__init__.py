@@ -1,0 +1,1 @@
+"""Thin client for the qwen3-tts daemons: needs no model files, only the talker's endpoint."""

@@ -1,0 +1,406 @@
+"""Runtime configuration: one TOML file plus environment overrides.
+
+File (the first one found is used, the others are ignored):
+
+    $QWEN3_TTS_CONFIG                      (must exist when set)
+    ./qwen3-tts.toml
+    ${XDG_CONFIG_HOME:-~/.config}/qwen3-tts/config.toml
+    /etc/qwen3-tts/config.toml
+
+No file at all is fine: every key has a default (see `qwen3-tts.example.toml`, which documents them).
+Environment variables override the file:
+
+    QWEN3_TTS_MODEL_DIR, QWEN3_TTS_RUNTIME_DIR, QWEN3_TTS_VOICES_DIR
+    QWEN3_TTS_{TALKER,PREDICTOR,VOCODER}_ENDPOINT      any ZeroMQ endpoint (ipc://, tcp://, ...)
+    QWEN3_TTS_{TALKER,PREDICTOR,VOCODER}_CPUS          "4-7", "0,2", "0-1,4-7" or "auto"
+    QWEN3_TTS_{TALKER,PREDICTOR,VOCODER}_THREADS       a positive integer or "auto"
+    QWEN3_TTS_SAMPLING_<KEY>                           e.g. QWEN3_TTS_SAMPLING_TEMPERATURE=0.7
+    QWEN3_TTS_LIMITS_<KEY>                             e.g. QWEN3_TTS_LIMITS_QUEUE_SIZE=16
+
+The runtime directory (where the default ipc:// sockets live) is, first set wins:
+QWEN3_TTS_RUNTIME_DIR, `runtime_dir` in the file, $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=),
+$XDG_RUNTIME_DIR/qwen3-tts, /run/qwen3-tts.
+
+Relative paths (in the file or the environment) are taken relative to the current directory, like the
+default model directory `models/qwen3-tts-0.6b`; `~` is expanded. Unknown keys and wrong types are errors
+(`ConfigError`, naming the file or variable and the key), never silently ignored.
+
+`python -m daemons.config` prints the effective configuration and where it came from.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ROLES = ("talker", "predictor", "vocoder")
+DEFAULT_MODEL_DIR = "models/qwen3-tts-0.6b"
+SYSTEM_CONFIG = "/etc/qwen3-tts/config.toml"
+DEFAULT_RUNTIME_DIR = "/run/qwen3-tts"
+ZMQ_SCHEMES = ("ipc", "tcp", "inproc", "pgm", "epgm", "ws", "wss", "tipc", "vmci", "udp")
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+MAX_IPC_PATH_BYTES = 107
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file (or environment variable) and the key."""
+
+
+@dataclass
+class RoleConfig:
+    cpus: list[int] | None = None     # None: automatic (see daemons.cpu.plan_cpus)
+    threads: int | None = None        # None: one per pinned CPU
+
+
+@dataclass
+class Limits:
+    max_text_chars: int = 5000
+    queue_size: int = 8
+    request_timeout_s: float = 600.0
+    predictor_timeout_s: float = 5.0
+    vocoder_timeout_s: float = 10.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    chunk_frames: int = 4
+    first_chunk_frames: int = 2
+    max_frames: int = 2048
+
+
+# Sampling overrides accepted in [sampling] (names of daemons.sampling.SamplingParams fields):
+# name -> (kind, check, description of the allowed range)
+_SAMPLING_KEYS: dict[str, tuple[str, Any, str]] = {
+    "do_sample": ("bool", None, ""),
+    "temperature": ("float", lambda v: v > 0, "> 0"),
+    "top_k": ("int", lambda v: v >= 0, ">= 0 (0 disables)"),
+    "top_p": ("float", lambda v: 0 < v <= 1, "in (0, 1]"),
+    "repetition_penalty": ("float", lambda v: v > 0, "> 0"),
+    "sub_do_sample": ("bool", None, ""),
+    "sub_temperature": ("float", lambda v: v > 0, "> 0"),
+    "sub_top_k": ("int", lambda v: v >= 0, ">= 0 (0 disables)"),
+    "sub_top_p": ("float", lambda v: 0 < v <= 1, "in (0, 1]"),
+    "min_new_tokens": ("int", lambda v: v >= 0, ">= 0"),
+    "seed": ("int", lambda v: 0 <= v < 2 ** 63, "in [0, 2**63)"),
+}
+
+
+@dataclass
+class Config:
+    model_dir: Path = field(default_factory=lambda: Path.cwd() / DEFAULT_MODEL_DIR)
+    runtime_dir: Path = field(default_factory=lambda: Path(DEFAULT_RUNTIME_DIR))
+    endpoints: dict[str, str] = field(default_factory=dict)
+    roles: dict[str, RoleConfig] = field(default_factory=lambda: {r: RoleConfig() for r in ROLES})
+    sampling: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    voices_dir: Path | None = None
+    source: Path | None = None        # the TOML file that was read, None when none was found
+
+    def endpoint(self, role: str) -> str:
+        return self.endpoints[_check_role(role)]
+
+    def role(self, role: str) -> RoleConfig:
+        return self.roles[_check_role(role)]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("model_dir", "runtime_dir", "voices_dir", "source"):
+            d[k] = None if d[k] is None else str(d[k])
+        return d
+
+
+def _check_role(role: str) -> str:
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+    return role
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+def parse_cpus(value: Any, where: str) -> list[int] | None:
+    """"4-7", "0,2", "0-1,4-7", [4, 5, 6, 7] -> sorted unique ints; "auto", "" -> None."""
+    if isinstance(value, str):
+        s = value.strip()
+        if s.lower() in ("", "auto"):
+            return None
+        out: set[int] = set()
+        for part in s.split(","):
+            part = part.strip()
+            lo, sep, hi = part.partition("-")
+            try:
+                a = int(lo)
+                b = int(hi) if sep else a
+            except ValueError:
+                raise ConfigError(f"{where}: bad CPU list {value!r} (expected e.g. \"4-7\" or \"0,2\")") from None
+            if a < 0 or b < a:
+                raise ConfigError(f"{where}: bad CPU range {part!r} in {value!r}")
+            out.update(range(a, b + 1))
+        return sorted(out)
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{where}: empty CPU list (leave the key out for automatic placement)")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+            raise ConfigError(f"{where}: CPU list must hold non-negative integers, got {value!r}")
+        return sorted(set(value))
+    raise ConfigError(f"{where}: expected a CPU list (array of integers or a string like \"4-7\"), "
+                      f"got {type(value).__name__} {value!r}")
+
+
+def _as_int(value: Any, where: str, from_env: bool) -> int:
+    if from_env and isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _as_float(value: Any, where: str, from_env: bool) -> float:
+    if from_env and isinstance(value, str):
+        try:
+            v = float(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    else:
+        v = float(value)
+    if not math.isfinite(v):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return v
+
+
+def _as_bool(value: Any, where: str, from_env: bool) -> bool:
+    if from_env and isinstance(value, str):
+        s = value.strip().lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: expected a boolean (true/false/1/0), got {value!r}")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a boolean, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _as_str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a non-empty string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _expand_home(s: str, home: str | None) -> Path:
+    if home and (s == "~" or s.startswith("~/")):
+        return Path(home + s[1:])
+    return Path(s).expanduser()
+
+
+def _as_path(value: Any, where: str, cwd: Path, home: str | None = None) -> Path:
+    p = _expand_home(_as_str(value, where), home)
+    return p if p.is_absolute() else cwd / p
+
+
+def _as_threads(value: Any, where: str, from_env: bool) -> int | None:
+    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+        return None
+    n = _as_int(value, where, from_env)
+    if n < 1:
+        raise ConfigError(f"{where}: threads must be >= 1, got {n}")
+    return n
+
+
+def check_endpoint(value: Any, where: str) -> str:
+    s = _as_str(value, where).strip()
+    scheme, sep, rest = s.partition("://")
+    if not sep or scheme not in ZMQ_SCHEMES or not rest:
+        raise ConfigError(f"{where}: {s!r} is not a ZeroMQ endpoint (expected e.g. ipc:///run/qwen3-tts/talker.sock "
+                          f"or tcp://192.168.1.10:5555)")
+    if scheme == "ipc" and not rest.startswith("@") and len(os.fsencode(rest)) > MAX_IPC_PATH_BYTES:
+        raise ConfigError(f"{where}: ipc socket path {rest!r} is longer than {MAX_IPC_PATH_BYTES} bytes "
+                          f"(the AF_UNIX limit); use a shorter runtime directory")
+    return s
+
+
+def _sampling_value(key: str, value: Any, where: str, from_env: bool) -> Any:
+    kind, check, allowed = _SAMPLING_KEYS[key]
+    v = {"bool": _as_bool, "int": _as_int, "float": _as_float}[kind](value, where, from_env)
+    if check is not None and not check(v):
+        raise ConfigError(f"{where}: must be {allowed}, got {v!r}")
+    return v
+
+
+def _limit_value(name: str, value: Any, where: str, from_env: bool) -> Any:
+    default = getattr(Limits(), name)
+    v = _as_float(value, where, from_env) if isinstance(default, float) else _as_int(value, where, from_env)
+    if not v > 0:
+        raise ConfigError(f"{where}: must be > 0, got {v!r}")
+    return v
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+def find_config_file(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    explicit = env.get("QWEN3_TTS_CONFIG")
+    if explicit:
+        p = _as_path(explicit, "QWEN3_TTS_CONFIG", cwd, env.get("HOME"))
+        if not p.is_file():
+            raise ConfigError(f"QWEN3_TTS_CONFIG={explicit}: no such file")
+        return p
+    home = env.get("HOME") or str(Path.home())
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path(home) / ".config")
+    for p in (cwd / "qwen3-tts.toml", Path(xdg) / "qwen3-tts" / "config.toml", Path(SYSTEM_CONFIG)):
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _table(doc: dict, key: str, src: str) -> dict:
+    t = doc.get(key, {})
+    if not isinstance(t, dict):
+        raise ConfigError(f"{src}: {key}: expected a table [{key}], got {type(t).__name__}")
+    return t
+
+
+def _unknown(keys, allowed, src: str, prefix: str = "") -> None:
+    bad = sorted(set(keys) - set(allowed))
+    if bad:
+        raise ConfigError(f"{src}: unknown key {prefix}{bad[0]}"
+                          + (f" (and {', '.join(prefix + b for b in bad[1:])})" if len(bad) > 1 else "")
+                          + f"; allowed: {', '.join(prefix + a for a in allowed)}")
+
+
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the configuration (see the module docstring). `path` skips the search; `env` defaults to
+    os.environ (tests pass a dict)."""
+    env = dict(os.environ if env is None else env)
+    cwd = Path.cwd()
+    home = env.get("HOME")
+    if path is not None:
+        src_path: Path | None = _expand_home(os.fspath(path), home)
+        if not src_path.is_file():
+            raise ConfigError(f"{src_path}: no such config file")
+    else:
+        src_path = find_config_file(env, cwd)
+    doc = _read_toml(src_path) if src_path is not None else {}
+    src = str(src_path) if src_path is not None else "<defaults>"
+
+    top = ("model_dir", "runtime_dir", "voices_dir", "endpoints", *ROLES, "sampling", "limits")
+    _unknown(doc.keys(), top, src)
+    cfg = Config(source=src_path)
+
+    # --- paths
+    if "model_dir" in doc:
+        cfg.model_dir = _as_path(doc["model_dir"], f"{src}: model_dir", cwd, home)
+    if env.get("QWEN3_TTS_MODEL_DIR"):
+        cfg.model_dir = _as_path(env["QWEN3_TTS_MODEL_DIR"], "QWEN3_TTS_MODEL_DIR", cwd, home)
+    if "voices_dir" in doc:
+        cfg.voices_dir = _as_path(doc["voices_dir"], f"{src}: voices_dir", cwd, home)
+    if env.get("QWEN3_TTS_VOICES_DIR"):
+        cfg.voices_dir = _as_path(env["QWEN3_TTS_VOICES_DIR"], "QWEN3_TTS_VOICES_DIR", cwd, home)
+
+    if env.get("QWEN3_TTS_RUNTIME_DIR"):
+        cfg.runtime_dir = _as_path(env["QWEN3_TTS_RUNTIME_DIR"], "QWEN3_TTS_RUNTIME_DIR", cwd, home)
+    elif "runtime_dir" in doc:
+        cfg.runtime_dir = _as_path(doc["runtime_dir"], f"{src}: runtime_dir", cwd, home)
+    elif env.get("RUNTIME_DIRECTORY"):
+        # systemd sets a colon-separated list when a unit has several RuntimeDirectory= entries.
+        cfg.runtime_dir = Path(env["RUNTIME_DIRECTORY"].split(":")[0])
+    elif env.get("XDG_RUNTIME_DIR"):
+        cfg.runtime_dir = Path(env["XDG_RUNTIME_DIR"]) / "qwen3-tts"
+    else:
+        cfg.runtime_dir = Path(DEFAULT_RUNTIME_DIR)
+
+    # --- endpoints
+    t = _table(doc, "endpoints", src)
+    _unknown(t.keys(), ROLES, src, "endpoints.")
+    for role in ROLES:
+        var = f"QWEN3_TTS_{role.upper()}_ENDPOINT"
+        if env.get(var):
+            cfg.endpoints[role] = check_endpoint(env[var], var)
+        elif role in t:
+            cfg.endpoints[role] = check_endpoint(t[role], f"{src}: endpoints.{role}")
+        else:
+            cfg.endpoints[role] = check_endpoint(f"ipc://{cfg.runtime_dir / (role + '.sock')}",
+                                                 f"endpoint of {role} (from runtime_dir {cfg.runtime_dir})")
+
+    # --- roles
+    for role in ROLES:
+        t = _table(doc, role, src)
+        _unknown(t.keys(), ("cpus", "threads"), src, f"{role}.")
+        rc = RoleConfig()
+        if "cpus" in t:
+            rc.cpus = parse_cpus(t["cpus"], f"{src}: {role}.cpus")
+        if "threads" in t:
+            rc.threads = _as_threads(t["threads"], f"{src}: {role}.threads", False)
+        var = f"QWEN3_TTS_{role.upper()}_CPUS"
+        if var in env:
+            rc.cpus = parse_cpus(env[var], var)
+        var = f"QWEN3_TTS_{role.upper()}_THREADS"
+        if var in env:
+            rc.threads = _as_threads(env[var], var, True)
+        cfg.roles[role] = rc
+
+    # --- sampling
+    t = _table(doc, "sampling", src)
+    _unknown(t.keys(), _SAMPLING_KEYS, src, "sampling.")
+    for key, value in t.items():
+        cfg.sampling[key] = _sampling_value(key, value, f"{src}: sampling.{key}", False)
+    _env_section(env, "QWEN3_TTS_SAMPLING_", _SAMPLING_KEYS,
+                 lambda k, v, w: cfg.sampling.__setitem__(k, _sampling_value(k, v, w, True)))
+
+    # --- limits
+    names = [f.name for f in fields(Limits)]
+    t = _table(doc, "limits", src)
+    _unknown(t.keys(), names, src, "limits.")
+    for key, value in t.items():
+        setattr(cfg.limits, key, _limit_value(key, value, f"{src}: limits.{key}", False))
+    _env_section(env, "QWEN3_TTS_LIMITS_", names,
+                 lambda k, v, w: setattr(cfg.limits, k, _limit_value(k, v, w, True)))
+    return cfg
+
+
+def _env_section(env: Mapping[str, str], prefix: str, allowed, setter) -> None:
+    for var in sorted(env):
+        if not var.startswith(prefix):
+            continue
+        key = var[len(prefix):].lower()
+        if key not in allowed:
+            raise ConfigError(f"{var}: unknown key {key!r}; allowed: {', '.join(allowed)}")
+        if env[var].strip() == "":
+            continue
+        setter(key, env[var], var)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the effective configuration as JSON (`python -m daemons.config`)."""
+    try:
+        cfg = load_config(argv[0] if argv else None)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,231 @@
+"""CPU cluster detection and pinning.
+
+`detect_clusters()` groups the online CPUs by `cpu_capacity` (arm64 big.LITTLE: RK3588 reports 1024 for
+the Cortex-A76 cores 4-7 and a smaller value for the Cortex-A55 cores 0-3), else by
+`cpufreq/cpuinfo_max_freq`, else returns one cluster (uniform machine, e.g. an x86 VM); biggest first.
+
+`plan_cpus()` picks a role's CPUs: explicit configuration wins; otherwise talker and predictor get the big
+cores and the vocoder gets the little cluster, where it least disturbs them (the talker and the predictor
+alternate on the same cores once per frame while the vocoder runs concurrently on audio chunks). With
+three or more clusters "big" is every cluster but the smallest. On a uniform machine every role gets
+every CPU. The plan is restricted to the CPUs the process may use (its affinity at start, e.g. a cpuset).
+
+`apply_affinity()` pins every existing thread of the process (sched_setaffinity works per thread on
+Linux) and therefore every thread created afterwards, which inherits its creator's mask: llama.cpp's
+and onnxruntime's pools, OpenMP, OpenBLAS. `limit_thread_env()` sizes the OpenMP/BLAS pools; it only
+takes effect for libraries loaded after it is called.
+
+`pin_role()` does all of it for a daemon and logs what was chosen and why (logger "qwen3_tts.cpu").
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:  # no runtime import: config imports nothing from here either
+    from .config import RoleConfig
+
+log = logging.getLogger("qwen3_tts.cpu")
+
+SYSFS_CPU = "/sys/devices/system/cpu"
+THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_ROLES = ("talker", "predictor", "vocoder")
+
+
+# ------------------------------------------------------------------------------------------- cpu lists
+
+def parse_cpu_list(text: str) -> list[int]:
+    """Kernel list format: "0-3,6" -> [0, 1, 2, 3, 6]; "" -> []."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        a = int(lo)
+        b = int(hi) if sep else a
+        if b < a:
+            raise ValueError(f"bad CPU range {part!r}")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+def format_cpu_list(cpus: Iterable[int]) -> str:
+    """[4, 5, 6, 7, 9] -> "4-7,9" (kernel list format, as in /proc/<pid>/status Cpus_allowed_list)."""
+    out: list[str] = []
+    run: list[int] = []
+    for c in sorted(set(cpus)):
+        if run and c == run[-1] + 1:
+            run.append(c)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [c]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
+# ------------------------------------------------------------------------------------------- detection
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def online_cpus(sysfs: str | os.PathLike = SYSFS_CPU) -> list[int]:
+    root = Path(sysfs)
+    try:
+        return parse_cpu_list((root / "online").read_text())
+    except (OSError, ValueError):
+        pass
+    cpus = []
+    for d in root.glob("cpu[0-9]*"):
+        if not d.name[3:].isdigit():
+            continue
+        flag = _read_int(d / "online")  # absent for a CPU that cannot be taken offline (cpu0)
+        if flag is None or flag == 1:
+            cpus.append(int(d.name[3:]))
+    return sorted(cpus)
+
+
+def _group(cpus: list[int], values: dict[int, int]) -> list[list[int]]:
+    by: dict[int, list[int]] = {}
+    for c in cpus:
+        by.setdefault(values[c], []).append(c)
+    return [sorted(by[v]) for v in sorted(by, reverse=True)]
+
+
+def detect_clusters(sysfs: str | os.PathLike = SYSFS_CPU) -> list[list[int]]:
+    """Online CPUs grouped into performance clusters, biggest first (see the module docstring)."""
+    root = Path(sysfs)
+    cpus = online_cpus(root)
+    if not cpus:
+        n = os.cpu_count() or 1
+        log.warning("no CPUs found under %s; assuming %d uniform CPUs", root, n)
+        return [list(range(n))]
+    for label, rel in (("cpu_capacity", "cpu_capacity"), ("cpuinfo_max_freq", "cpufreq/cpuinfo_max_freq")):
+        values = {c: _read_int(root / f"cpu{c}" / rel) for c in cpus}
+        if any(v is None for v in values.values()):
+            continue
+        clusters = _group(cpus, values)  # type: ignore[arg-type]
+        if len(clusters) > 1:
+            log.info("CPU clusters by %s: %s", label,
+                     ", ".join(f"{format_cpu_list(cl)} ({values[cl[0]]})" for cl in clusters))
+            return clusters
+    log.info("CPU clusters: one uniform cluster %s (no differing cpu_capacity or cpuinfo_max_freq)",
+             format_cpu_list(cpus))
+    return [cpus]
+
+
+# ------------------------------------------------------------------------------------------- planning
+
+def plan_cpus(role: str, role_cfg: "RoleConfig | None", clusters: list[list[int]],
+              allowed: Iterable[int] | None = None) -> tuple[list[int], str]:
+    """(CPUs, reason) for `role`. `allowed` defaults to the CPUs this process may run on now."""
+    if role not in _ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    allowed_set = set(os.sched_getaffinity(0) if allowed is None else allowed)
+    explicit = getattr(role_cfg, "cpus", None)
+    if explicit:
+        cpus = sorted(set(explicit) & allowed_set)
+        missing = sorted(set(explicit) - allowed_set)
+        if not cpus:
+            raise ValueError(f"{role}: configured CPUs {format_cpu_list(explicit)} are not available to this "
+                             f"process (allowed: {format_cpu_list(allowed_set)})")
+        reason = f"configured cpus {format_cpu_list(explicit)}"
+        if missing:
+            log.warning("%s: configured CPUs %s are not available (allowed: %s); using %s", role,
+                        format_cpu_list(missing), format_cpu_list(allowed_set), format_cpu_list(cpus))
+            reason += f", unavailable {format_cpu_list(missing)} dropped"
+        return cpus, reason
+
+    clusters = [sorted(c) for c in clusters if c]
+    if len(clusters) <= 1:
+        want = clusters[0] if clusters else sorted(allowed_set)
+        reason = "uniform machine: all CPUs"
+    elif role == "vocoder":
+        want = clusters[-1]
+        reason = (f"little cluster {format_cpu_list(want)}: keeps the vocoder off the big cores of the talker "
+                  f"and predictor")
+    else:
+        want = sorted(c for cl in clusters[:-1] for c in cl)
+        reason = (f"big cluster {format_cpu_list(want)} ({len(clusters)} clusters, little "
+                  f"{format_cpu_list(clusters[-1])} left to the vocoder)")
+    cpus = sorted(set(want) & allowed_set)
+    if not cpus:
+        cpus = sorted(allowed_set)
+        reason += f"; none of those is available to this process, using its CPUs {format_cpu_list(cpus)}"
+    elif len(cpus) < len(want):
+        reason += f"; restricted to the process's CPUs {format_cpu_list(cpus)}"
+    return cpus, reason
+
+
+def thread_count(cpus: list[int], role_cfg: "RoleConfig | None") -> int:
+    return getattr(role_cfg, "threads", None) or max(1, len(cpus))
+
+
+def limit_thread_env(n: int) -> None:
+    """OMP/OpenBLAS/MKL pool sizes; call before those libraries are loaded (they read it once)."""
+    for var in THREAD_ENV_VARS:
+        os.environ[var] = str(int(n))
+    log.debug("%s=%d", "/".join(THREAD_ENV_VARS), n)
+
+
+# ------------------------------------------------------------------------------------------- pinning
+
+def _tids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:  # no /proc: at least the calling thread
+        return {0}
+
+
+def apply_affinity(cpus: Iterable[int]) -> int:
+    """Pin every thread of this process to `cpus`; returns how many threads were pinned. Threads started
+    later inherit the mask of the thread that creates them, so they are covered too. The task list is
+    re-read until no new thread shows up (a pool may be spawning while we pin)."""
+    mask = set(cpus)
+    if not mask:
+        raise ValueError("empty CPU set")
+    done: set[int] = set()
+    for _ in range(100):
+        todo = _tids() - done
+        if not todo:
+            break
+        for tid in sorted(todo):
+            try:
+                os.sched_setaffinity(tid, mask)
+            except ProcessLookupError:  # the thread exited meanwhile
+                pass
+            done.add(tid)
+    os.sched_setaffinity(0, mask)  # the calling thread, in case /proc was not available
+    return len(done)
+
+
+@dataclass
+class CpuPlan:
+    cpus: list[int]
+    threads: int
+    reason: str
+
+    @property
+    def cpu_list(self) -> str:
+        return format_cpu_list(self.cpus)
+
+
+def pin_role(role: str, role_cfg: "RoleConfig | None", sysfs: str | os.PathLike = SYSFS_CPU) -> CpuPlan:
+    """Detect, plan, size the thread pools and pin this process; logs the decision."""
+    clusters = detect_clusters(sysfs)
+    cpus, reason = plan_cpus(role, role_cfg, clusters)
+    threads = thread_count(cpus, role_cfg)
+    limit_thread_env(threads)
+    n = apply_affinity(cpus)
+    log.info("%s: cpus %s (%s); %d compute threads%s; %d existing threads pinned", role, format_cpu_list(cpus),
+             reason, threads, " (configured)" if getattr(role_cfg, "threads", None) else "", n)
+    return CpuPlan(cpus, threads, reason)

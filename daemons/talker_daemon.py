@@ -1,0 +1,369 @@
+"""Talker daemon: the request hub. Clients send text; the talker generates code 0 per frame, asks the
+predictor daemon for codes 1..15 + the feedback row, streams frames to the vocoder daemon and forwards
+its audio to the client. One utterance generates at a time; others wait in a bounded, fair queue
+(round robin over clients); the vocoder of a finished utterance overlaps the next one's generation."""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from . import protocol
+from .errors import TTSError
+from .generate import Generation, generate_frames
+from .manifest import ModelDir
+from .prompt import Prompt, PromptBuilder
+from .sampling import Sampler, SamplingParams
+from .service import Service
+from .talker import TalkerEngine
+
+CLIENT_PARAMS = {"do_sample": bool, "temperature": float, "top_k": int, "top_p": float,
+                 "repetition_penalty": float, "sub_do_sample": bool, "sub_temperature": float,
+                 "sub_top_k": int, "sub_top_p": float, "seed": int}
+
+
+class Unavailable(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class RemotePredictor:
+    """The predictor daemon behind the `Predictor` interface of `generate_frames`."""
+
+    def __init__(self, sock: zmq.Socket, timeout_s: float, max_bytes: int):
+        self.sock, self.timeout_s, self.max_bytes = sock, timeout_s, max_bytes
+        self.rid = ""
+
+    def predict(self, hidden, c0, params: SamplingParams, seed, frame):
+        sub = {"sub_do_sample": params.sub_do_sample, "sub_temperature": params.sub_temperature,
+               "sub_top_k": params.sub_top_k, "sub_top_p": params.sub_top_p}
+        msg = protocol.encode("predict", {"hidden": np.asarray(hidden, np.float32)}, id=self.rid, frame=frame,
+                              c0=int(c0), seed=int(seed), params=sub)
+        deadline = time.monotonic() + self.timeout_s
+        while True:  # not connected (IMMEDIATE): retry until the deadline, the daemon may be restarting
+            try:
+                self.sock.send_multipart(msg, flags=zmq.NOBLOCK, copy=False)
+                break
+            except zmq.Again:
+                if time.monotonic() > deadline:
+                    raise Unavailable("predictor_unavailable", "the predictor daemon is not running") from None
+                time.sleep(0.01)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+                raise Unavailable("predictor_unavailable",
+                                  f"no answer from the predictor daemon within {self.timeout_s:g} s")
+            try:
+                r = protocol.decode(self.sock.recv_multipart(), self.max_bytes)
+            except protocol.ProtocolError:
+                continue
+            if r.id != self.rid or r.header.get("frame") != frame:
+                continue  # a late answer to an abandoned request
+            if r.type == "error":
+                raise Unavailable("predictor_unavailable", f"predictor: {r.header.get('message')}")
+            return r.arrays["codes"].astype(np.int64), r.arrays["feedback"]
+
+
+@dataclass
+class Request:
+    id: str
+    ident: bytes
+    prompt: Prompt
+    params: SamplingParams
+    max_frames: int
+    return_codes: bool
+    accepted: float = field(default_factory=time.monotonic)
+    gen: Generation = field(default_factory=Generation)
+    frames: list = field(default_factory=list)
+    pending: list = field(default_factory=list)
+    seq_sent: int = 0
+    seq_done: int = 0
+    last_voc: float = 0.0
+    generator: object = None
+    finished_generating: bool = False
+    blocked_since: float | None = None
+
+
+class TalkerDaemon(Service):
+    role = "talker"
+
+    def load(self) -> None:
+        self.md = ModelDir(self.cfg.model_dir)
+        self.prompts = PromptBuilder(self.md)
+        self.engine = TalkerEngine(self.md, threads=self.threads, n_ctx=4096)
+        self.defaults = SamplingParams.from_generation_config(self.md.generation, **{
+            k: v for k, v in self.cfg.sampling.items() if k in CLIENT_PARAMS})
+        self.front = self.bind_router(self.cfg.endpoints["talker"])
+        self.pred_sock = self.connect_dealer(self.cfg.endpoints["predictor"])
+        self.voc = self.connect_dealer(self.cfg.endpoints["vocoder"])
+        self.predictor = RemotePredictor(self.pred_sock, self.limits.predictor_timeout_s,
+                                         self.limits.max_message_bytes)
+        self.queues: OrderedDict[bytes, deque] = OrderedDict()  # client -> its waiting requests
+        self.active: Request | None = None
+        self.draining: dict[str, Request] = {}
+        self.known_ids: set[str] = set()
+        self.random_weights = bool(self.md.manifest["source"].get("random_weights"))
+
+    def warmup(self) -> None:
+        p = self.prompts.build("warm up", "auto")
+        self.engine.prefill(p.prefill)
+        self.engine.step(p.pad)
+
+    def drained(self) -> bool:
+        return self.active is None and not self.draining
+
+    def status_line(self) -> str:
+        return super().status_line() + f" queue={self.limits.queue_size}"
+
+    # --- client messages -------------------------------------------------------------------------
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def send_client(self, req_or_ident, frames) -> bool:
+        ident = req_or_ident.ident if isinstance(req_or_ident, Request) else req_or_ident
+        return self.reply(self.front, ident, frames)
+
+    def on_client(self, ident: bytes, msg: protocol.Message) -> None:
+        rid = msg.id
+        if msg.type == "ping":
+            self.send_client(ident, protocol.encode("pong", role=self.role, ready=True, queue=self.queued(),
+                                                    active=self.active is not None))
+            return
+        if msg.type == "cancel":
+            self.cancel(rid, "cancelled by the client")
+            return
+        if msg.type != "synthesize":
+            self.send_client(ident, protocol.error(rid, "bad_request", f"unknown message type {msg.type!r}"))
+            return
+        if rid is None or rid in self.known_ids:
+            self.send_client(ident, protocol.error(rid, "bad_request", "synthesize needs a new unique id"))
+            return
+        if self.stop_requested:
+            self.send_client(ident, protocol.error(rid, "shutting_down", "the talker daemon is stopping"))
+            return
+        try:
+            req = self.make_request(ident, msg)
+        except TTSError as e:
+            self.send_client(ident, protocol.error(rid, e.code, e.message))
+            return
+        except ValueError as e:
+            self.send_client(ident, protocol.error(rid, "invalid_request", str(e)))
+            return
+        if self.queued() >= self.limits.queue_size:
+            self.send_client(ident, protocol.error(rid, "busy", f"{self.queued()} requests are waiting; "
+                                                                "try again later"))
+            return
+        self.queues.setdefault(ident, deque()).append(req)
+        self.known_ids.add(rid)
+        self.send_client(req, protocol.encode("accepted", id=rid, position=self.queued()))
+
+    def make_request(self, ident: bytes, msg: protocol.Message) -> Request:
+        h = msg.header
+        text = h.get("text")
+        if isinstance(text, str) and len(text) > self.limits.max_text_chars:
+            from .errors import InvalidText
+            raise InvalidText(f"text is too long: {len(text)} characters (limit {self.limits.max_text_chars})")
+        params = SamplingParams(**vars(self.defaults))
+        user = h.get("params") or {}
+        if not isinstance(user, dict) or set(user) - set(CLIENT_PARAMS):
+            raise ValueError(f"params must be an object with keys among {', '.join(CLIENT_PARAMS)}")
+        for k, v in user.items():
+            typ = CLIENT_PARAMS[k]
+            if typ is bool and not isinstance(v, bool) or typ is not bool and (
+                    isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and v != int(v))):
+                raise ValueError(f"{k} must be a {typ.__name__}")
+            setattr(params, k, typ(v))
+        params.validate()
+        max_frames = h.get("max_frames", self.limits.max_frames)
+        if not isinstance(max_frames, int) or isinstance(max_frames, bool) or max_frames < 1:
+            raise ValueError("max_frames must be a positive integer")
+        prompt = self.prompts.build(text, h.get("language", "auto"), non_streaming=bool(h.get("non_streaming")),
+                                    xvector=msg.arrays.get("xvector"))
+        room = self.engine.lm.n_ctx - len(prompt.prefill)
+        if room < 1:
+            raise ValueError("the prompt does not fit the talker context")
+        return Request(msg.id, ident, prompt, params, min(max_frames, self.limits.max_frames, room),
+                       bool(h.get("return_codes")))
+
+    def cancel(self, rid: str | None, why: str) -> None:
+        for q in self.queues.values():
+            for r in list(q):
+                if r.id == rid:
+                    q.remove(r)
+                    self.fail(r, "cancelled", why)
+                    return
+        if self.active is not None and self.active.id == rid:
+            self.fail(self.active, "cancelled", why)
+        elif rid in self.draining:
+            self.fail(self.draining[rid], "cancelled", why)
+
+    # --- request life cycle ------------------------------------------------------------------------
+    def fail(self, req: Request, code: str, message: str) -> None:
+        self.log.info("request %s failed: %s: %s", req.id, code, message)
+        self.send_client(req, protocol.error(req.id, code, message))
+        self.forget(req)
+
+    def forget(self, req: Request) -> None:
+        if self.active is req:
+            self.active = None
+        self.draining.pop(req.id, None)
+        self.known_ids.discard(req.id)
+        if req.seq_sent:
+            try:
+                self.voc.send_multipart(protocol.encode("close", id=req.id), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def next_request(self) -> Request | None:
+        while self.queues:
+            ident, q = next(iter(self.queues.items()))
+            self.queues.move_to_end(ident)  # round robin: this client goes to the back
+            if q:
+                r = q.popleft()
+                if not q:
+                    del self.queues[ident]
+                return r
+            del self.queues[ident]
+        return None
+
+    def start(self, req: Request) -> None:
+        sampler = Sampler(req.params, self.md.talker["codec_vocab"], self.md.special["codec_eos"])
+        self.predictor.rid = req.id
+        req.generator = generate_frames(self.engine, self.predictor, req.prompt, sampler, req.max_frames, req.gen)
+        self.active = req
+
+    def chunk_size(self, req: Request) -> int:
+        return self.limits.first_chunk_frames if req.seq_sent == 0 else self.limits.chunk_frames
+
+    def send_frames(self, req: Request) -> None:
+        """Hand the pending frames to the vocoder; while it is not connected (restarting) they wait, and
+        `check_timeouts` turns a long wait into `vocoder_unavailable`."""
+        try:
+            self.voc.send_multipart(protocol.encode("frames", {"codes": np.stack(req.pending)}, id=req.id,
+                                                    seq=req.seq_sent), flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            req.blocked_since = req.blocked_since or time.monotonic()
+            return
+        req.pending = []
+        req.blocked_since = None
+        req.seq_sent += 1
+        req.last_voc = time.monotonic()
+
+    def step_active(self) -> None:
+        req = self.active
+        try:
+            self._step(req)
+        except (Unavailable, TTSError) as e:
+            self.fail(req, e.code, e.message)
+
+    def _step(self, req: Request) -> None:
+        try:
+            fr = next(req.generator)
+        except StopIteration:
+            req.finished_generating = True
+            self.active = None
+            self.draining[req.id] = req
+            if req.pending:
+                self.send_frames(req)
+            self.maybe_done(req)
+            return
+        req.frames.append(fr)
+        req.pending.append(fr)
+        # a per-frame note to the client: also how a vanished client is noticed within one frame
+        if not self.send_client(req, protocol.encode("progress", id=req.id, frame=len(req.frames))):
+            self.log.info("client of %s is gone: cancelling", req.id)
+            self.forget(req)
+            return
+        if len(req.pending) >= self.chunk_size(req):
+            self.send_frames(req)
+
+    def on_vocoder(self, msg: protocol.Message) -> None:
+        req = self.draining.get(msg.id) or (self.active if self.active and self.active.id == msg.id else None)
+        if req is None:
+            return
+        if msg.type == "error":
+            self.fail(req, "vocoder_unavailable", f"vocoder: {msg.header.get('message')}")
+            return
+        if msg.type != "audio" or msg.header.get("seq") != req.seq_done:
+            self.fail(req, "vocoder_unavailable", "vocoder answered out of order")
+            return
+        req.seq_done += 1
+        req.last_voc = time.monotonic()
+        if not self.send_client(req, protocol.encode("audio", {"pcm": msg.arrays["pcm"]}, id=req.id,
+                                                     seq=msg.header["seq"])):
+            self.forget(req)
+            return
+        self.maybe_done(req)
+
+    def maybe_done(self, req: Request) -> None:
+        if req.finished_generating and not req.pending and req.seq_done == req.seq_sent:
+            arrays = {"codes": np.stack(req.frames) if req.frames else np.zeros((0, 16), np.int64)} \
+                if req.return_codes else None
+            self.send_client(req, protocol.encode("done", arrays, id=req.id, frames=len(req.frames),
+                                                  stop=req.gen.stop, seed=req.gen.seed,
+                                                  random_weights=self.random_weights))
+            self.log.info("request %s done: %d frames, stop=%s, %.2f s", req.id, len(req.frames), req.gen.stop,
+                          time.monotonic() - req.accepted)
+            self.forget(req)
+
+    def check_timeouts(self) -> None:
+        now = time.monotonic()
+        for req in list(self.draining.values()) + ([self.active] if self.active else []):
+            if req.blocked_since and now - req.blocked_since > self.limits.vocoder_timeout_s:
+                self.fail(req, "vocoder_unavailable", "the vocoder daemon is not running")
+            elif req.seq_done < req.seq_sent and now - req.last_voc > self.limits.vocoder_timeout_s:
+                self.fail(req, "vocoder_unavailable",
+                          f"no audio from the vocoder daemon within {self.limits.vocoder_timeout_s:g} s")
+            elif now - req.accepted > self.limits.request_timeout_s:
+                self.fail(req, "timeout", f"request exceeded {self.limits.request_timeout_s:g} s")
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def serve_once(self, timeout_ms: int) -> None:
+        busy = self.active is not None or (self.queues and not self.stop_requested)
+        poller = zmq.Poller()
+        poller.register(self.front, zmq.POLLIN)
+        poller.register(self.voc, zmq.POLLIN)
+        ready = dict(poller.poll(0 if busy else timeout_ms))
+        if self.front in ready:
+            for _ in range(64):
+                try:
+                    ident, msg = self._recv_front()
+                except zmq.Again:
+                    break
+                if msg is not None:
+                    self.on_client(ident, msg)
+        if self.voc in ready:
+            for _ in range(64):
+                try:
+                    frames = self.voc.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    self.on_vocoder(protocol.decode(frames, self.limits.max_message_bytes))
+                except protocol.ProtocolError as e:
+                    self.log.warning("bad message from the vocoder: %s", e)
+        if self.stop_requested:
+            for q in self.queues.values():  # accepted but not started: a typed error, never silence
+                for r in q:
+                    self.fail(r, "shutting_down", "the talker daemon is stopping")
+            self.queues.clear()
+        if self.active is None and not self.stop_requested:
+            nxt = self.next_request()
+            if nxt is not None:
+                self.start(nxt)
+        for req in list(self.draining.values()):
+            if req.pending:  # frames that waited for a (re)connecting vocoder
+                self.send_frames(req)
+                self.maybe_done(req)
+        if self.active is not None:
+            self.step_active()
+        self.check_timeouts()
+
+    def _recv_front(self):
+        if not self.front.poll(0, zmq.POLLIN):
+            raise zmq.Again()
+        return self.recv_request(self.front)

@@ -1,0 +1,302 @@
+"""daemons.config: file search order, TOML schema, environment overrides, errors naming file and key."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemons import config as C
+from daemons.config import ConfigError, Limits, RoleConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "qwen3-tts.example.toml"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An isolated cwd and HOME; the system-wide file points into the tmp dir (absent unless written)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(C, "SYSTEM_CONFIG", str(tmp_path / "etc" / "config.toml"))
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+def env_for(home: Path, **kw) -> dict:
+    return {"HOME": str(home), **kw}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_any_file(home):
+    cfg = load_config(env=env_for(home))
+    assert cfg.source is None
+    assert cfg.model_dir == Path.cwd() / "models" / "qwen3-tts-0.6b"
+    assert cfg.runtime_dir == Path("/run/qwen3-tts")
+    assert cfg.endpoints == {r: f"ipc:///run/qwen3-tts/{r}.sock" for r in C.ROLES}
+    assert cfg.roles == {r: RoleConfig(None, None) for r in C.ROLES}
+    assert cfg.sampling == {}
+    assert cfg.limits == Limits()
+    assert (cfg.limits.max_text_chars, cfg.limits.queue_size, cfg.limits.request_timeout_s) == (5000, 8, 600.0)
+    assert (cfg.limits.predictor_timeout_s, cfg.limits.vocoder_timeout_s) == (5.0, 10.0)
+    assert cfg.limits.max_message_bytes == 4 * 1024 * 1024
+    assert (cfg.limits.chunk_frames, cfg.limits.first_chunk_frames, cfg.limits.max_frames) == (4, 2, 2048)
+    assert cfg.voices_dir is None
+    assert cfg.endpoint("talker") == cfg.endpoints["talker"] and cfg.role("vocoder") == RoleConfig()
+    with pytest.raises(ValueError):
+        cfg.endpoint("nope")
+
+
+def test_search_order(home, tmp_path):
+    system = write(Path(C.SYSTEM_CONFIG), 'model_dir = "/m/system"\n')
+    assert load_config(env=env_for(home)).model_dir == Path("/m/system")
+    user = write(home / ".config" / "qwen3-tts" / "config.toml", 'model_dir = "/m/user"\n')
+    cfg = load_config(env=env_for(home))
+    assert (cfg.model_dir, cfg.source) == (Path("/m/user"), user)
+    xdg = write(tmp_path / "xdg" / "qwen3-tts" / "config.toml", 'model_dir = "/m/xdg"\n')
+    assert load_config(env=env_for(home, XDG_CONFIG_HOME=str(tmp_path / "xdg"))).source == xdg
+    local = write(Path.cwd() / "qwen3-tts.toml", 'model_dir = "/m/local"\n')
+    assert load_config(env=env_for(home)).source == local
+    explicit = write(tmp_path / "elsewhere.toml", 'model_dir = "/m/explicit"\n')
+    cfg = load_config(env=env_for(home, QWEN3_TTS_CONFIG=str(explicit)))
+    assert (cfg.model_dir, cfg.source) == (Path("/m/explicit"), explicit)
+    # an explicit path argument skips the search
+    assert load_config(system, env=env_for(home)).model_dir == Path("/m/system")
+    with pytest.raises(ConfigError, match="QWEN3_TTS_CONFIG=.*no such file"):
+        load_config(env=env_for(home, QWEN3_TTS_CONFIG=str(tmp_path / "missing.toml")))
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "missing.toml", env=env_for(home))
+
+
+FULL = """
+model_dir = "models/other"
+runtime_dir = "/tmp/q3rt"
+voices_dir = "~/voices"
+
+[endpoints]
+talker = "tcp://0.0.0.0:5555"
+predictor = "tcp://192.168.1.20:5556"
+
+[talker]
+cpus = "4-7"
+threads = 3
+
+[predictor]
+cpus = [7, 6, 5, 4]
+
+[vocoder]
+cpus = "0,2"
+threads = 2
+
+[sampling]
+temperature = 0.7
+top_k = 30
+top_p = 0.95
+repetition_penalty = 1
+sub_temperature = 0.5
+sub_top_k = 20
+sub_top_p = 0.9
+seed = 42
+do_sample = false
+
+[limits]
+max_text_chars = 100
+queue_size = 3
+request_timeout_s = 60
+predictor_timeout_s = 1.5
+vocoder_timeout_s = 2
+max_message_bytes = 65536
+chunk_frames = 8
+first_chunk_frames = 1
+max_frames = 500
+"""
+
+
+def test_full_file(home):
+    write(Path.cwd() / "qwen3-tts.toml", FULL)
+    cfg = load_config(env=env_for(home))
+    assert cfg.model_dir == Path.cwd() / "models" / "other"       # relative to the cwd
+    assert cfg.runtime_dir == Path("/tmp/q3rt")
+    assert cfg.voices_dir == home / "voices"                       # ~ expanded with $HOME
+    assert cfg.endpoints == {"talker": "tcp://0.0.0.0:5555", "predictor": "tcp://192.168.1.20:5556",
+                             "vocoder": "ipc:///tmp/q3rt/vocoder.sock"}
+    assert cfg.roles == {"talker": RoleConfig([4, 5, 6, 7], 3), "predictor": RoleConfig([4, 5, 6, 7], None),
+                         "vocoder": RoleConfig([0, 2], 2)}
+    assert cfg.sampling == {"temperature": 0.7, "top_k": 30, "top_p": 0.95, "repetition_penalty": 1.0,
+                            "sub_temperature": 0.5, "sub_top_k": 20, "sub_top_p": 0.9, "seed": 42,
+                            "do_sample": False}
+    assert isinstance(cfg.sampling["repetition_penalty"], float)
+    assert cfg.limits == Limits(100, 3, 60.0, 1.5, 2.0, 65536, 8, 1, 500)
+    assert isinstance(cfg.limits.request_timeout_s, float)
+
+
+def test_environment_overrides_file(home):
+    write(Path.cwd() / "qwen3-tts.toml", FULL)
+    env = env_for(home, QWEN3_TTS_MODEL_DIR="/models/x", QWEN3_TTS_RUNTIME_DIR="/tmp/envrt",
+                  QWEN3_TTS_VOICES_DIR="/v", QWEN3_TTS_TALKER_ENDPOINT="ipc:///tmp/t.sock",
+                  QWEN3_TTS_PREDICTOR_CPUS="0-1,4-5", QWEN3_TTS_VOCODER_THREADS="1",
+                  QWEN3_TTS_TALKER_CPUS="auto", QWEN3_TTS_TALKER_THREADS="",
+                  QWEN3_TTS_SAMPLING_TEMPERATURE="0.3", QWEN3_TTS_SAMPLING_DO_SAMPLE="true",
+                  QWEN3_TTS_SAMPLING_SEED="7", QWEN3_TTS_LIMITS_QUEUE_SIZE="16",
+                  QWEN3_TTS_LIMITS_VOCODER_TIMEOUT_S="3.5")
+    cfg = load_config(env=env)
+    assert (cfg.model_dir, cfg.runtime_dir, cfg.voices_dir) == (Path("/models/x"), Path("/tmp/envrt"), Path("/v"))
+    assert cfg.endpoints["talker"] == "ipc:///tmp/t.sock"
+    assert cfg.endpoints["predictor"] == "tcp://192.168.1.20:5556"       # file still applies
+    assert cfg.endpoints["vocoder"] == "ipc:///tmp/envrt/vocoder.sock"   # default follows the runtime dir
+    assert cfg.roles["predictor"] == RoleConfig([0, 1, 4, 5], None)
+    assert cfg.roles["vocoder"] == RoleConfig([0, 2], 1)
+    assert cfg.roles["talker"] == RoleConfig(None, None)                # "auto" / "" reset to automatic
+    assert (cfg.sampling["temperature"], cfg.sampling["do_sample"], cfg.sampling["seed"]) == (0.3, True, 7)
+    assert cfg.sampling["top_k"] == 30
+    assert (cfg.limits.queue_size, cfg.limits.vocoder_timeout_s, cfg.limits.max_frames) == (16, 3.5, 500)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({"QWEN3_TTS_RUNTIME_DIR": "/a", "RUNTIME_DIRECTORY": "/b", "XDG_RUNTIME_DIR": "/c"}, "/a"),
+    ({"RUNTIME_DIRECTORY": "/b:/b2", "XDG_RUNTIME_DIR": "/c"}, "/b"),
+    ({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/qwen3-tts"),
+    ({}, "/run/qwen3-tts"),
+])
+def test_runtime_dir_precedence(home, env, expected):
+    cfg = load_config(env=env_for(home, **env))
+    assert cfg.runtime_dir == Path(expected)
+    assert cfg.endpoints["predictor"] == f"ipc://{expected}/predictor.sock"
+
+
+def test_runtime_dir_in_file_beats_systemd_and_xdg(home):
+    write(Path.cwd() / "qwen3-tts.toml", 'runtime_dir = "/run/qwen3-tts"\n')
+    cfg = load_config(env=env_for(home, RUNTIME_DIRECTORY="/b", XDG_RUNTIME_DIR="/run/user/1000"))
+    assert cfg.runtime_dir == Path("/run/qwen3-tts")
+    assert load_config(env=env_for(home, QWEN3_TTS_RUNTIME_DIR="/x")).runtime_dir == Path("/x")
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ('modeldir = "x"\n', r"unknown key modeldir"),
+    ('[limits]\nqueue = 3\n', r"unknown key limits\.queue"),
+    ('[talker]\ncpu = "4-7"\n', r"unknown key talker\.cpu"),
+    ('[sampling]\ntemp = 0.5\n', r"unknown key sampling\.temp"),
+    ('[endpoints]\nclient = "tcp://x:1"\n', r"unknown key endpoints\.client"),
+    ('[limits]\nqueue_size = "8"\n', r"limits\.queue_size: expected an integer, got str"),
+    ('[limits]\nqueue_size = true\n', r"limits\.queue_size: expected an integer, got bool"),
+    ('[limits]\nmax_frames = 2.5\n', r"limits\.max_frames: expected an integer, got float"),
+    ('[limits]\nrequest_timeout_s = "long"\n', r"limits\.request_timeout_s: expected a number"),
+    ('[limits]\nchunk_frames = 0\n', r"limits\.chunk_frames: must be > 0"),
+    ('[limits]\nrequest_timeout_s = inf\n', r"limits\.request_timeout_s: expected a finite number"),
+    ('[talker]\ncpus = "4-x"\n', r"talker\.cpus: bad CPU list"),
+    ('[talker]\ncpus = "7-4"\n', r"talker\.cpus: bad CPU range"),
+    ('[talker]\ncpus = []\n', r"talker\.cpus: empty CPU list"),
+    ('[talker]\ncpus = [1, -2]\n', r"talker\.cpus: CPU list must hold non-negative integers"),
+    ('[talker]\ncpus = 4\n', r"talker\.cpus: expected a CPU list"),
+    ('[vocoder]\nthreads = 0\n', r"vocoder\.threads: threads must be >= 1"),
+    ('[vocoder]\nthreads = "2"\n', r"vocoder\.threads: expected an integer"),
+    ('[sampling]\ntop_p = 1.5\n', r"sampling\.top_p: must be in \(0, 1\]"),
+    ('[sampling]\ntemperature = 0\n', r"sampling\.temperature: must be > 0"),
+    ('[sampling]\ntop_k = -1\n', r"sampling\.top_k: must be >= 0"),
+    ('[sampling]\ndo_sample = 1\n', r"sampling\.do_sample: expected a boolean"),
+    ('[endpoints]\ntalker = "localhost:5555"\n', r"endpoints\.talker: 'localhost:5555' is not a ZeroMQ endpoint"),
+    ('[endpoints]\ntalker = 5555\n', r"endpoints\.talker: expected a non-empty string"),
+    ('model_dir = 3\n', r"model_dir: expected a non-empty string"),
+    ('limits = 3\n', r"limits: expected a table"),
+    ('[limits\n', r"invalid TOML"),
+])
+def test_file_errors_name_file_and_key(home, text, pattern):
+    path = write(Path.cwd() / "qwen3-tts.toml", text)
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(env=env_for(home))
+    assert str(path) in str(e.value)
+    assert isinstance(e.value, ValueError)
+
+
+@pytest.mark.parametrize("env, pattern", [
+    ({"QWEN3_TTS_VOCODER_THREADS": "two"}, r"QWEN3_TTS_VOCODER_THREADS: expected an integer"),
+    ({"QWEN3_TTS_PREDICTOR_CPUS": "4..7"}, r"QWEN3_TTS_PREDICTOR_CPUS: bad CPU list"),
+    ({"QWEN3_TTS_SAMPLING_TEMP": "1"}, r"QWEN3_TTS_SAMPLING_TEMP: unknown key 'temp'"),
+    ({"QWEN3_TTS_SAMPLING_TOP_P": "2"}, r"QWEN3_TTS_SAMPLING_TOP_P: must be in"),
+    ({"QWEN3_TTS_SAMPLING_DO_SAMPLE": "maybe"}, r"QWEN3_TTS_SAMPLING_DO_SAMPLE: expected a boolean"),
+    ({"QWEN3_TTS_LIMITS_QUEUE": "1"}, r"QWEN3_TTS_LIMITS_QUEUE: unknown key 'queue'"),
+    ({"QWEN3_TTS_LIMITS_QUEUE_SIZE": "-1"}, r"QWEN3_TTS_LIMITS_QUEUE_SIZE: must be > 0"),
+    ({"QWEN3_TTS_VOCODER_ENDPOINT": "http://x"}, r"QWEN3_TTS_VOCODER_ENDPOINT: 'http://x' is not a ZeroMQ"),
+])
+def test_environment_errors_name_the_variable(home, env, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(env=env_for(home, **env))
+
+
+def test_ipc_path_too_long(home):
+    with pytest.raises(ConfigError, match="longer than 107 bytes"):
+        load_config(env=env_for(home, QWEN3_TTS_RUNTIME_DIR="/tmp/" + "x" * 120))
+    # abstract sockets and tcp:// are not file paths
+    cfg = load_config(env=env_for(home, QWEN3_TTS_RUNTIME_DIR="/r",
+                                  QWEN3_TTS_TALKER_ENDPOINT="ipc://@qwen3-tts-talker"))
+    assert cfg.endpoints["talker"] == "ipc://@qwen3-tts-talker"
+
+
+def test_sampling_keys_are_sampling_params_fields():
+    from daemons.sampling import SamplingParams
+
+    names = {f.name for f in dataclasses.fields(SamplingParams)}
+    assert set(C._SAMPLING_KEYS) <= names
+    assert {"temperature", "top_k", "top_p", "repetition_penalty", "sub_temperature", "sub_top_k",
+            "sub_top_p", "seed"} <= set(C._SAMPLING_KEYS)
+
+
+def test_example_file_documents_every_key_with_its_default(home):
+    """As shipped (everything commented out) the example is the defaults; with every `# key = value`
+    line uncommented it is still valid, documents every key, and shows the defaults."""
+    from daemons.sampling import SamplingParams
+
+    assert load_config(EXAMPLE, env=env_for(home)) == dataclasses.replace(load_config(env=env_for(home)),
+                                                                          source=EXAMPLE)
+    line = re.compile(r"^# ([a-z_]+) = (.*?)(\s+#.*)?$")
+    out, keys, section = [], set(), ""
+    for raw in EXAMPLE.read_text().splitlines():
+        if raw.startswith("["):
+            section = raw.strip("[]") + "."
+        m = line.match(raw)
+        if m:
+            keys.add(section + m.group(1))
+            raw = f"{m.group(1)} = {m.group(2)}"
+        out.append(raw)
+    full = write(Path.cwd() / "uncommented.toml", "\n".join(out) + "\n")
+    cfg = load_config(full, env=env_for(home))
+
+    documented = {"model_dir", "runtime_dir", "voices_dir"}
+    documented |= {f"endpoints.{r}" for r in C.ROLES}
+    documented |= {f"{r}.{k}" for r in C.ROLES for k in ("cpus", "threads")}
+    documented |= {f"sampling.{k}" for k in C._SAMPLING_KEYS}
+    documented |= {f"limits.{f.name}" for f in dataclasses.fields(Limits)}
+    assert keys == documented
+
+    default = load_config(env=env_for(home))
+    assert cfg.model_dir == default.model_dir
+    assert cfg.runtime_dir == Path("/run/qwen3-tts") and cfg.endpoints == default.endpoints
+    assert cfg.roles == default.roles
+    assert cfg.limits == default.limits
+    sp = SamplingParams()
+    assert {k: v for k, v in cfg.sampling.items() if k != "seed"} == \
+        {k: getattr(sp, k) for k in C._SAMPLING_KEYS if k != "seed"}
+
+
+def test_print_config_cli(home, tmp_path):
+    path = write(tmp_path / "c.toml", '[limits]\nqueue_size = 5\n')
+    r = subprocess.run([sys.executable, "-m", "daemons.config", str(path)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["limits"]["queue_size"] == 5 and d["source"] == str(path)
+    bad = write(tmp_path / "bad.toml", 'nope = 1\n')
+    r = subprocess.run([sys.executable, "-m", "daemons.config", str(bad)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "unknown key nope" in r.stderr and str(bad) in r.stderr

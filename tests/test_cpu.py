@@ -1,0 +1,238 @@
+"""daemons.cpu: cluster detection on fake sysfs trees, per-role plans, and real pinning of every thread."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemons import cpu
+from daemons.config import RoleConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL8 = range(8)
+
+
+def fake_sysfs(root: Path, n: int, capacity: dict[int, int] | None = None, max_freq: dict[int, int] | None = None,
+               online: str | None = None, per_cpu_online: dict[int, int] | None = None) -> Path:
+    """A /sys/devices/system/cpu look-alike: cpuN/cpu_capacity, cpuN/cpufreq/cpuinfo_max_freq, online."""
+    root.mkdir(parents=True, exist_ok=True)
+    for c in range(n):
+        d = root / f"cpu{c}"
+        d.mkdir()
+        if capacity is not None and c in capacity:
+            (d / "cpu_capacity").write_text(f"{capacity[c]}\n")
+        if max_freq is not None and c in max_freq:
+            (d / "cpufreq").mkdir()
+            (d / "cpufreq" / "cpuinfo_max_freq").write_text(f"{max_freq[c]}\n")
+        if per_cpu_online is not None and c in per_cpu_online:
+            (d / "online").write_text(f"{per_cpu_online[c]}\n")
+    # non-CPU entries a real tree has
+    (root / "cpufreq").mkdir()
+    (root / "cpuidle").mkdir()
+    (root / "kernel_max").write_text("7\n")
+    if online is not None:
+        (root / "online").write_text(online + "\n")
+    return root
+
+
+def rk3588(root: Path) -> Path:
+    """RK3588 layout: Cortex-A55 0-3 (capacity 446 here, 1.8 GHz), Cortex-A76 4-5 and 6-7 (1024; two cpufreq policies,
+    binned to slightly different maximum clocks)."""
+    return fake_sysfs(root, 8, capacity={c: 446 if c < 4 else 1024 for c in range(8)},
+                      max_freq={c: 1800000 if c < 4 else (2400000 if c < 6 else 2256000) for c in range(8)},
+                      online="0-7")
+
+
+def test_big_little_by_capacity(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "qwen3_tts.cpu")
+    clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
+    assert clusters == [[4, 5, 6, 7], [0, 1, 2, 3]]   # capacity, not the per-policy clock, decides
+    assert "by cpu_capacity: 4-7 (1024), 0-3 (446)" in caplog.text
+
+
+def test_big_little_by_cpufreq_only(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "qwen3_tts.cpu")
+    root = fake_sysfs(tmp_path / "cpu", 8, max_freq={c: 1800000 if c < 4 else 2400000 for c in range(8)},
+                      online="0-7")
+    assert cpu.detect_clusters(root) == [[4, 5, 6, 7], [0, 1, 2, 3]]
+    assert "by cpuinfo_max_freq" in caplog.text
+
+
+def test_uniform_capacity_falls_back_to_cpufreq(tmp_path):
+    # kernels without capacity-dmips-mhz in the device tree report 1024 everywhere
+    root = fake_sysfs(tmp_path / "cpu", 4, capacity={c: 1024 for c in range(4)},
+                      max_freq={0: 1400000, 1: 1400000, 2: 2000000, 3: 2000000}, online="0-3")
+    assert cpu.detect_clusters(root) == [[2, 3], [0, 1]]
+
+
+def test_partial_capacity_is_not_trusted(tmp_path):
+    root = fake_sysfs(tmp_path / "cpu", 4, capacity={0: 446, 1: 446, 2: 1024},
+                      max_freq={0: 1, 1: 1, 2: 2, 3: 2}, online="0-3")
+    assert cpu.detect_clusters(root) == [[2, 3], [0, 1]]
+
+
+def test_uniform_machine(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "qwen3_tts.cpu")
+    root = fake_sysfs(tmp_path / "cpu", 2, capacity={0: 1024, 1: 1024}, online="0-1")   # like this VM
+    assert cpu.detect_clusters(root) == [[0, 1]]
+    assert "one uniform cluster 0-1" in caplog.text
+    bare = fake_sysfs(tmp_path / "bare", 4, online="0-3")                              # no capacity, no cpufreq
+    assert cpu.detect_clusters(bare) == [[0, 1, 2, 3]]
+
+
+def test_offline_cpus_are_left_out(tmp_path):
+    root = rk3588(tmp_path / "cpu")
+    (root / "online").write_text("0-2,4-6\n")
+    assert cpu.detect_clusters(root) == [[4, 5, 6], [0, 1, 2]]
+    # without the top-level `online` list: the per-CPU flags (cpu0 has none: it cannot go offline)
+    root2 = fake_sysfs(tmp_path / "cpu2", 4, capacity={0: 500, 1: 500, 2: 1024, 3: 1024},
+                       per_cpu_online={1: 1, 2: 1, 3: 0})
+    assert cpu.detect_clusters(root2) == [[2], [0, 1]]
+
+
+def test_real_sysfs_covers_this_machine():
+    clusters = cpu.detect_clusters()
+    flat = sorted(c for cl in clusters for c in cl)
+    assert len(flat) == len(set(flat)) > 0
+    assert set(os.sched_getaffinity(0)) <= set(flat)
+
+
+def test_default_plans_on_big_little(tmp_path):
+    clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
+    for role in ("talker", "predictor"):
+        cpus, reason = cpu.plan_cpus(role, RoleConfig(), clusters, allowed=ALL8)
+        assert cpus == [4, 5, 6, 7] and "big cluster 4-7" in reason
+    cpus, reason = cpu.plan_cpus("vocoder", RoleConfig(), clusters, allowed=ALL8)
+    assert cpus == [0, 1, 2, 3] and "little cluster 0-3" in reason
+    assert cpu.thread_count([4, 5, 6, 7], RoleConfig()) == 4
+    assert cpu.thread_count([0, 1, 2, 3], RoleConfig(threads=2)) == 2
+    assert cpu.thread_count([0, 1], None) == 2
+    with pytest.raises(ValueError, match="unknown role"):
+        cpu.plan_cpus("client", RoleConfig(), clusters, allowed=ALL8)
+
+
+def test_three_tier_big_is_all_but_the_smallest():
+    clusters = [[7], [4, 5, 6], [0, 1, 2, 3]]       # prime + big + little
+    assert cpu.plan_cpus("talker", None, clusters, allowed=ALL8)[0] == [4, 5, 6, 7]
+    assert cpu.plan_cpus("vocoder", None, clusters, allowed=ALL8)[0] == [0, 1, 2, 3]
+
+
+def test_uniform_plan_gives_every_role_all_cpus():
+    for role in ("talker", "predictor", "vocoder"):
+        cpus, reason = cpu.plan_cpus(role, RoleConfig(), [[0, 1, 2, 3]], allowed=range(4))
+        assert cpus == [0, 1, 2, 3] and "uniform" in reason
+
+
+def test_explicit_config_wins(tmp_path, caplog):
+    clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
+    cpus, reason = cpu.plan_cpus("vocoder", RoleConfig(cpus=[6, 7]), clusters, allowed=ALL8)
+    assert cpus == [6, 7] and reason == "configured cpus 6-7"
+    cpus, _ = cpu.plan_cpus("talker", RoleConfig(cpus=[0, 2]), clusters, allowed=ALL8)
+    assert cpus == [0, 2]
+    # CPUs the process may not use are dropped, loudly; none at all is an error
+    caplog.set_level(logging.WARNING, "qwen3_tts.cpu")
+    cpus, reason = cpu.plan_cpus("talker", RoleConfig(cpus=[2, 3, 4, 5]), clusters, allowed=range(4))
+    assert cpus == [2, 3] and "unavailable 4-5 dropped" in reason
+    assert "not available" in caplog.text
+    with pytest.raises(ValueError, match="not available to this process"):
+        cpu.plan_cpus("talker", RoleConfig(cpus=[6, 7]), clusters, allowed=range(4))
+
+
+def test_defaults_respect_the_process_affinity(tmp_path):
+    clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
+    cpus, reason = cpu.plan_cpus("talker", RoleConfig(), clusters, allowed=[0, 1, 4, 5])   # a cpuset
+    assert cpus == [4, 5] and "restricted" in reason
+    cpus, reason = cpu.plan_cpus("talker", RoleConfig(), clusters, allowed=[0, 1])
+    assert cpus == [0, 1] and "none of those is available" in reason
+    # default `allowed` = this process's affinity
+    cpus, _ = cpu.plan_cpus("vocoder", None, [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]])
+    assert set(cpus) <= set(os.sched_getaffinity(0))
+
+
+def test_cpu_list_format():
+    assert cpu.format_cpu_list([4, 5, 6, 7]) == "4-7"
+    assert cpu.format_cpu_list([0, 2, 3, 4, 9]) == "0,2-4,9"
+    assert cpu.format_cpu_list([]) == ""
+    assert cpu.parse_cpu_list("0-3,6\n") == [0, 1, 2, 3, 6]
+    assert cpu.parse_cpu_list(cpu.format_cpu_list([1, 3, 4, 5, 8])) == [1, 3, 4, 5, 8]
+
+
+def test_limit_thread_env(monkeypatch):
+    for var in cpu.THREAD_ENV_VARS:
+        monkeypatch.setenv(var, "99")
+    cpu.limit_thread_env(3)
+    assert [os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")] == ["3"] * 3
+
+
+CHILD = r"""
+import json, logging, os, sys, threading
+sys.path.insert(0, sys.argv[1])
+from daemons.cpu import pin_role
+from daemons.config import RoleConfig
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(message)s")
+stop = threading.Event()
+started = threading.Barrier(4)
+def worker():
+    started.wait()
+    stop.wait()
+before = [threading.Thread(target=worker) for _ in range(3)]
+for t in before:
+    t.start()
+started.wait()                             # 3 threads exist before pinning (like a preloaded pool)
+plan = pin_role("vocoder", RoleConfig(), sysfs=sys.argv[2])
+later_tid = []
+def late():
+    later_tid.append(threading.get_native_id())
+    stop.wait()
+t_late = threading.Thread(target=late)
+t_late.start()
+while not later_tid:
+    pass
+print(json.dumps({"pid": os.getpid(), "cpus": plan.cpus, "threads": plan.threads,
+                  "before": [t.native_id for t in before], "late": later_tid[0],
+                  "omp": os.environ["OMP_NUM_THREADS"], "openblas": os.environ["OPENBLAS_NUM_THREADS"]}),
+      flush=True)
+sys.stdin.read()                          # until the test has looked
+stop.set()
+"""
+
+
+def cpus_allowed(pid: int, tid: int) -> str:
+    for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+@pytest.mark.skipif(0 not in os.sched_getaffinity(0), reason="CPU 0 is not available to this process")
+def test_pin_role_pins_every_thread(tmp_path):
+    """A 2-CPU big.LITTLE fake (cpu1 big, cpu0 little): the vocoder is planned on [0], and every thread of
+    the child — the main thread, three started before pinning and one started after — ends up on CPU 0."""
+    sysfs = fake_sysfs(tmp_path / "cpu", 2, capacity={0: 446, 1: 1024}, online="0-1")
+    p = subprocess.Popen([sys.executable, "-c", CHILD, str(ROOT), str(sysfs)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(p.stdout.readline())
+        pid = info["pid"]
+        assert (info["cpus"], info["threads"], info["omp"], info["openblas"]) == ([0], 1, "1", "1")
+        tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        assert pid in tids and set(info["before"]) | {info["late"]} <= set(tids) and len(tids) >= 5
+        assert {tid: cpus_allowed(pid, tid) for tid in tids} == {tid: "0" for tid in tids}
+        assert os.sched_getaffinity(pid) == {0}
+    finally:
+        out, err = p.communicate("", timeout=10)
+    assert p.returncode == 0, err
+    assert "CPU clusters by cpu_capacity: 1 (1024), 0 (446)" in err
+    assert "vocoder: cpus 0 (little cluster 0: keeps the vocoder off the big cores" in err
+    assert "1 compute threads; 4 existing threads pinned" in err     # main + the 3 started before
+
+
+def test_apply_affinity_rejects_empty():
+    with pytest.raises(ValueError):
+        cpu.apply_affinity([])

@@ -1,0 +1,914 @@
+#!/usr/bin/env python3
+"""Full-size benchmark: stage costs, end-to-end streaming RTF through the real daemons, time to first
+audio, daemon memory, and the official `qwen-tts` implementation side by side in the same run.
+
+    python scripts/bench.py [--work DIR] [--checkpoint DIR] [--quant q4_k_m] [--runs 3] [--frames 100]
+                            [--official-frames 10] [--skip-official] [--json FILE]
+
+1. Checkpoint: `--checkpoint DIR`, or a random-weight full-size one made (once) under `--work` with
+   `scripts/make_checkpoint.py --size full`. THE WEIGHTS ARE RANDOM: the audio is noise and the model
+   rarely emits EOS, so every generation runs a fixed number of frames (`--frames`).
+2. Model: converted at `--quant` (talker and predictor; the vocoder is always fp32 ONNX) into
+   `<work>/model-<quant>`, reused while its manifest and source stamp match.
+3. Stages, in this process, one at a time (each has the whole machine): talker ms/step after a realistic
+   prefill (the ~20-row non-streaming prompt of a 10-word sentence), code predictor ms/frame (with a
+   profile: llama.cpp decodes, numpy heads, sampling), vocoder ms per frame of audio at the streaming
+   chunk size.
+4. End to end: the three daemons started by `daemons.launcher.Launcher` (sd_notify readiness) with a TOML
+   config, one client request per run in streaming mode; RTF(w/a) = wall / audio seconds, time to first
+   audio, playback stalls, peak RSS of every daemon (psutil, sampled) and their total.
+5. Official: the same checkpoint through `Qwen3TTSModel` (`model.generate()` + the official decoder,
+   fp32, torch CPU) for `--official-frames` frames in a subprocess; reported as a speed ratio.
+
+Medians over `--runs`. Timings on a shared VM vary by +-30-50 % between runs: compare figures of one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TEXT = "The quick brown fox jumps over the lazy sleeping dog."  # 10 words
+LANGUAGE = "english"
+FRAME_S = 0.08
+ROLES = ("predictor", "vocoder", "talker")
+
+# issue 4 targets (full size, talker and predictor q4_k_m, vocoder fp32, this 2-core machine)
+TARGETS = {
+    "talker_ms_per_step": ("<=", 30.0),
+    "predictor_ms_per_frame": ("<=", 30.0),
+    "vocoder_ms_per_frame": ("<=", 50.0),
+    "e2e_rtf": ("<=", 1.0),
+    "ttfa_ms": ("<=", 300.0),
+    "speedup_vs_official": (">=", 30.0),
+    "daemons_rss_total_mb": ("<=", 1536.0),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return float(statistics.median(xs)) if xs else None
+
+
+def r1(x, nd=1):
+    return None if x is None else round(float(x), nd)
+
+
+# --------------------------------------------------------------------------------------- machine / load
+
+def lscpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"^Model name:\s*(.+)$", out, re.M)
+        if m:
+            return m.group(1).strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+    import psutil
+
+    info = {"cpu_model": lscpu_model(), "logical_cpus": os.cpu_count(),
+            "usable_cpus": sorted(os.sched_getaffinity(0)), "mem_total_gb": r1(psutil.virtual_memory().total / 2 ** 30),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "hypervisor": None, "loadavg_at_start": [r1(x, 2) for x in os.getloadavg()]}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        m = re.search(r"^Hypervisor vendor:\s*(.+)$", out, re.M)
+        info["hypervisor"] = m.group(1).strip() if m else None
+        m = re.search(r"^Flags:\s*(.+)$", out, re.M)
+        if m:
+            flags = m.group(1).split()
+            info["simd"] = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx_vnni", "neon", "asimddp")
+                            if f in flags]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for mod in ("numpy", "llama_cpp", "onnxruntime"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - report what is there
+            info[mod] = None
+    return info
+
+
+def wait_for_idle(max_load: float, max_wait_s: float) -> dict:
+    """Wait until the 1-minute load average is below `max_load` (other work on the machine skews every
+    figure); gives up after `max_wait_s` and records that."""
+    t0 = time.monotonic()
+    while True:
+        la = os.getloadavg()[0]
+        if la < max_load:
+            return {"loadavg_1m": r1(la, 2), "waited_s": r1(time.monotonic() - t0), "idle": True}
+        if time.monotonic() - t0 > max_wait_s:
+            log(f"WARNING: load average still {la:.2f} after {max_wait_s:.0f} s; measuring anyway (figures are "
+                "pessimistic)")
+            return {"loadavg_1m": r1(la, 2), "waited_s": r1(time.monotonic() - t0), "idle": False}
+        log(f"load average {la:.2f} >= {max_load}: waiting for the machine to be idle")
+        time.sleep(15)
+
+
+class ForeignLoad:
+    """CPU seconds spent on this machine by processes other than the bench and its children while a
+    section ran: a measured 'was the machine quiet' signal for each figure."""
+
+    def __init__(self):
+        import psutil
+
+        self.psutil = psutil
+        self.t0 = time.monotonic()
+        self.busy0 = self._busy()
+        self.steal0 = getattr(psutil.cpu_times(), "steal", 0.0)
+        self.own0 = self._own()
+
+    def _busy(self) -> float:
+        t = self.psutil.cpu_times()
+        return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
+
+    def _own(self) -> dict:
+        out = {}
+        me = self.psutil.Process()
+        for p in [me] + me.children(recursive=True):
+            try:
+                c = p.cpu_times()
+                out[p.pid] = c.user + c.system
+            except self.psutil.Error:
+                pass
+        return out
+
+    def done(self) -> dict:
+        wall = time.monotonic() - self.t0
+        own1 = self._own()
+        own = sum(v - self.own0.get(pid, 0.0) for pid, v in own1.items())
+        busy = self._busy() - self.busy0
+        steal = getattr(self.psutil.cpu_times(), "steal", 0.0) - self.steal0
+        return {"wall_s": r1(wall, 2), "own_cpu_s": r1(own, 2), "foreign_cpu_s": r1(max(0.0, busy - own), 2),
+                "foreign_cores": r1(max(0.0, busy - own) / wall if wall > 0 else 0.0, 2),
+                "steal_cpu_s": r1(steal, 2)}
+
+
+def memory_bandwidth_gbs() -> dict:
+    """memcpy bandwidth (read + write bytes / s) with 1 and 2 threads on 256 MB buffers."""
+    import numpy as np
+
+    n = 256 * 2 ** 20
+    a = np.ones(n, dtype=np.uint8)
+    b = np.empty_like(a)
+    np.copyto(b, a)
+
+    def one(lo, hi):
+        np.copyto(b[lo:hi], a[lo:hi])
+
+    res = {}
+    for threads in (1, 2):
+        best = None
+        for _ in range(5):
+            parts = [(i * n // threads, (i + 1) * n // threads) for i in range(threads)]
+            ts = [threading.Thread(target=one, args=p) for p in parts]
+            t0 = time.perf_counter()
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        res[f"memcpy_{threads}t_gbs"] = r1(2 * n / best / 1e9, 1)
+    return res
+
+
+def gguf_weight_bytes(path: Path, exclude=("token_embd.weight",)) -> int:
+    """Bytes of the tensors one decode reads (everything but the input embedding table, unused when
+    feeding embeddings)."""
+    from gguf import GGUFReader
+
+    r = GGUFReader(str(path))
+    return int(sum(int(t.n_bytes) for t in r.tensors if t.name not in exclude))
+
+
+# --------------------------------------------------------------------------------------- checkpoint/model
+
+def ensure_checkpoint(args) -> Path:
+    if args.checkpoint:
+        ck = Path(args.checkpoint)
+        if not (ck / "model.safetensors").is_file():
+            sys.exit(f"error: {ck} has no model.safetensors")
+        return ck
+    ck = Path(args.work) / "ckpt-full"
+    if (ck / "model.safetensors").is_file() and (ck / "speech_tokenizer" / "model.safetensors").is_file():
+        log(f"reusing the checkpoint {ck}")
+        return ck
+    log(f"making a full-size random-weight checkpoint in {ck} (~1 min, ~5 GB RAM)")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_checkpoint.py"), str(ck), "--size", "full"],
+                   check=True, cwd=ROOT)
+    return ck
+
+
+def _source_stamp(ckpt: Path) -> dict:
+    st = (ckpt / "model.safetensors").stat()
+    return {"checkpoint": str(ckpt.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def ensure_model(args, ckpt: Path) -> tuple[Path, bool]:
+    from scripts.convert import CONVERTER_VERSION
+
+    pq = args.predictor_quant or args.quant
+    name = f"model-{args.quant}" + (f"-p{pq}" if pq != args.quant else "")
+    md = Path(args.work) / name
+    stamp_file = md / "bench-source.json"
+    want = {**_source_stamp(ckpt), "quant": args.quant, "predictor_quant": pq}
+    mf = md / "manifest.json"
+    if mf.is_file() and stamp_file.is_file():
+        try:
+            m = json.loads(mf.read_text())
+            ok = (m.get("quant") == args.quant and m.get("predictor_quant") == pq
+                  and m.get("converter_version") == CONVERTER_VERSION and json.loads(stamp_file.read_text()) == want)
+        except ValueError:
+            ok = False
+        if ok:
+            log(f"reusing the converted model {md}")
+            return md, True
+    log(f"converting {ckpt} -> {md} (talker {args.quant}, predictor {pq}, vocoder fp32)")
+    cmd = [sys.executable, str(ROOT / "scripts" / "convert.py"), str(ckpt), str(md), "--quant", args.quant]
+    if args.predictor_quant:
+        cmd += ["--predictor-quant", args.predictor_quant]
+    subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    stamp_file.write_text(json.dumps(want, indent=2) + "\n")
+    return md, False
+
+
+# --------------------------------------------------------------------------------------- stage benches
+
+def bench_talker(model_dir: Path, threads: int, steps: int, runs: int) -> tuple[dict, list]:
+    import numpy as np
+
+    from daemons.manifest import ModelDir
+    from daemons.prompt import PromptBuilder, frame_embeddings
+    from daemons.sampling import Sampler, SamplingParams
+    from daemons.talker import TalkerEngine
+
+    md = ModelDir(model_dir)
+    pb = PromptBuilder(md)
+    prompt = pb.build(TEXT, LANGUAGE, non_streaming=True)  # the whole sentence in the prefill: ~20 rows
+    eng = TalkerEngine(md, threads=threads, n_ctx=4096)
+    rng = np.random.default_rng(0)
+    cb = md.predictor["codebook_size"]
+    feedback = frame_embeddings(md.codec_embedding, md.predictor_embeddings,
+                                rng.integers(0, cb, size=(steps, 16)))
+    # warm-up: first decodes allocate the compute buffers
+    eng.prefill(prompt.prefill)
+    for i in range(3):
+        eng.step(feedback[i] + prompt.pad)
+    per_run, prefill_ms, all_step, all_sample = [], [], [], []
+    keep = []  # (hidden, c0) for the predictor bench
+    for run in range(runs):
+        sampler = Sampler(SamplingParams.from_generation_config(md.generation, seed=100 + run),
+                          md.talker["codec_vocab"], md.special["codec_eos"])
+        t0 = time.perf_counter()
+        hidden, logits = eng.prefill(prompt.prefill)
+        prefill_ms.append((time.perf_counter() - t0) * 1e3)
+        history: list[int] = []
+        step_ms, samp_ms = [], []
+        for i in range(steps):
+            t0 = time.perf_counter()
+            c0 = sampler.code0(logits, history)
+            t1 = time.perf_counter()
+            history.append(c0)
+            if run == 0:
+                keep.append((hidden, min(c0, cb - 1)))
+            row = feedback[i] + prompt.text_row(i)
+            t2 = time.perf_counter()
+            hidden, logits = eng.step(row)
+            t3 = time.perf_counter()
+            step_ms.append((t3 - t2) * 1e3)
+            samp_ms.append((t1 - t0) * 1e3)
+        per_run.append({"step_ms": r1(median(step_ms), 2), "sample_ms": r1(median(samp_ms), 2),
+                        "step_plus_sample_ms": r1(median([a + b for a, b in zip(step_ms, samp_ms)]), 2)})
+        all_step += step_ms
+        all_sample += samp_ms
+    n_bytes = gguf_weight_bytes(md.file(md.talker["gguf"]))
+    step = median([r["step_ms"] for r in per_run])
+    res = {
+        "threads": threads, "prefill_rows": int(len(prompt.prefill)), "steps_per_run": steps, "runs": runs,
+        "prefill_ms": r1(median(prefill_ms)),
+        "step_ms": r1(step, 2),
+        "sample_code0_ms": r1(median([r["sample_ms"] for r in per_run]), 2),
+        "ms_per_step": r1(median([r["step_plus_sample_ms"] for r in per_run]), 2),
+        "step_ms_p10_p90": [r1(float(np.percentile(all_step, 10)), 2), r1(float(np.percentile(all_step, 90)), 2)],
+        "per_run": per_run,
+        "weights_read_per_step_mb": r1(n_bytes / 1e6),
+        "effective_bandwidth_gbs": r1(n_bytes / (step / 1e3) / 1e9, 1),
+        "kv_positions_end": int(eng.lm.pos),
+    }
+    eng.close()
+    return res, keep
+
+
+def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep: list) -> dict:
+    import numpy as np
+
+    import daemons.predictor as predmod
+    from daemons.manifest import ModelDir
+    from daemons.predictor import PredictorEngine
+    from daemons.sampling import SamplingParams
+
+    md = ModelDir(model_dir)
+    eng = PredictorEngine(md, threads=threads)
+    params = SamplingParams.from_generation_config(md.generation)
+    while len(keep) < frames:
+        keep = keep + keep
+    for i in range(3):
+        eng.predict(keep[i][0], keep[i][1], params, 1, i)
+    per_run = []
+    for run in range(runs):
+        ts = []
+        for i in range(frames):
+            h, c0 = keep[i]
+            t0 = time.perf_counter()
+            eng.predict(h, c0, params, 1000 + run, i)
+            ts.append((time.perf_counter() - t0) * 1e3)
+        per_run.append(r1(median(ts), 2))
+
+    # one instrumented pass: where a frame's time goes (the wrappers add a few microseconds per call)
+    acc = {"decode": 0.0, "decode_calls": 0, "sample": 0.0, "embed_sum": 0.0}
+    orig_decode, orig_sample, orig_fe = eng.lm.decode, predmod.sample_sub, predmod.frame_embeddings
+
+    def decode(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig_decode(*a, **k)
+        finally:
+            acc["decode"] += time.perf_counter() - t0
+            acc["decode_calls"] += 1
+
+    def sample(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig_sample(*a, **k)
+        finally:
+            acc["sample"] += time.perf_counter() - t0
+
+    def fe(*a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig_fe(*a, **k)
+        finally:
+            acc["embed_sum"] += time.perf_counter() - t0
+
+    eng.lm.decode, predmod.sample_sub, predmod.frame_embeddings = decode, sample, fe
+    try:
+        t0 = time.perf_counter()
+        for i in range(frames):
+            h, c0 = keep[i]
+            eng.predict(h, c0, params, 7, i)
+        total = time.perf_counter() - t0
+    finally:
+        del eng.lm.decode
+        predmod.sample_sub, predmod.frame_embeddings = orig_sample, orig_fe
+    # the 15 heads alone (fp32 numpy matvecs, [2048 x 1024] each)
+    h = keep[0][0].astype(np.float32)
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        for j in range(eng.heads.shape[0]):
+            eng.heads[j] @ h
+    heads_ms = (time.perf_counter() - t0) * 1e3 / frames
+    # one llama.cpp decode of a single row, alone
+    eng.lm.reset()
+    eng.lm.decode(np.stack([h, h]), want_logits=False)
+    ts = []
+    for _ in range(200):
+        if eng.lm.pos >= eng.lm.n_ctx:
+            eng.lm.reset()
+            eng.lm.decode(np.stack([h, h]), want_logits=False)
+        t0 = time.perf_counter()
+        eng.lm.decode(h, want_logits=False)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    one_decode = median(ts)
+    n_bytes = gguf_weight_bytes(md.file(md.predictor["gguf"]))
+    per = lambda s: s * 1e3 / frames  # noqa: E731
+    frame_ms = per(total)
+    prof = {
+        "instrumented_ms_per_frame": r1(frame_ms, 2),
+        "llama_decode_ms": r1(per(acc["decode"]), 2),
+        "llama_decodes_per_frame": r1(acc["decode_calls"] / frames, 1),
+        "sampling_ms": r1(per(acc["sample"]), 2),
+        "feedback_embed_sum_ms": r1(per(acc["embed_sum"]), 2),
+        "heads_and_python_ms": r1(frame_ms - per(acc["decode"] + acc["sample"] + acc["embed_sum"]), 2),
+        "heads_alone_ms": r1(heads_ms, 2),
+        "one_decode_1row_ms": r1(one_decode, 3),
+    }
+    heads_bytes = int(eng.heads.nbytes)
+    ms = median(per_run)
+    res = {
+        "threads": threads, "frames_per_run": frames, "runs": runs, "ms_per_frame": r1(ms, 2), "per_run": per_run,
+        "profile": prof,
+        "weights_read_per_frame_mb": r1((n_bytes * prof["llama_decodes_per_frame"] + heads_bytes) / 1e6),
+        "layers_gguf_mb": r1(n_bytes / 1e6, 1), "heads_fp32_mb": r1(heads_bytes / 1e6, 1),
+        "decode_effective_bandwidth_gbs": r1(n_bytes / (one_decode / 1e3) / 1e9, 1),
+    }
+    eng.close()
+    return res
+
+
+def bench_vocoder(model_dir: Path, threads: int, frames: int, runs: int, chunk: int, first_chunk: int) -> dict:
+    import numpy as np
+
+    from daemons.manifest import ModelDir
+    from daemons.vocoder import VocoderEngine
+
+    md = ModelDir(model_dir)
+    eng = VocoderEngine(md.file(md.vocoder["onnx"]), md.vocoder, threads=threads)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, eng.codebook_size, size=(frames + first_chunk, eng.num_quantizers), dtype=np.int64)
+    s = eng.new_stream()
+    s.decode(codes[:first_chunk])
+    s.decode(codes[first_chunk:first_chunk + chunk])  # warm-up
+    per_run, first_ms, chunk1 = [], [], []
+    for run in range(runs):
+        s = eng.new_stream()
+        t0 = time.perf_counter()
+        s.decode(codes[:first_chunk])
+        first_ms.append((time.perf_counter() - t0) * 1e3)
+        ts, n = [], first_chunk
+        while n + chunk <= len(codes):
+            t0 = time.perf_counter()
+            s.decode(codes[n:n + chunk])
+            ts.append((time.perf_counter() - t0) * 1e3 / chunk)
+            n += chunk
+        per_run.append(r1(median(ts), 2))
+    # one frame per call, for reference (the cost of small chunks)
+    s = eng.new_stream()
+    s.decode(codes[:first_chunk])
+    for i in range(min(24, frames)):
+        t0 = time.perf_counter()
+        s.decode(codes[first_chunk + i:first_chunk + i + 1])
+        chunk1.append((time.perf_counter() - t0) * 1e3)
+    return {"threads": threads, "chunk_frames": chunk, "first_chunk_frames": first_chunk, "frames_per_run": frames,
+            "runs": runs, "ms_per_frame": r1(median(per_run), 2), "per_run": per_run,
+            "first_chunk_ms": r1(median(first_ms), 1), "chunk1_ms_per_frame": r1(median(chunk1), 1),
+            "rtf_alone": r1(median(per_run) / (FRAME_S * 1e3), 3)}
+
+
+# --------------------------------------------------------------------------------------- daemons
+
+class RssSampler(threading.Thread):
+    """Samples each daemon's RSS every `period_s` (psutil); peak while loading and while serving."""
+
+    def __init__(self, pids: dict, period_s: float = 0.025):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.procs = {r: psutil.Process(p) for r, p in pids.items()}
+        self.period_s = period_s
+        self.phase = "load"
+        self.peak = {ph: {r: 0 for r in pids} for ph in ("load", "serve")}
+        self.total_peak = {"load": 0, "serve": 0}
+        self.samples = 0
+        self._stop = threading.Event()
+
+    def run(self):
+        while not self._stop.is_set():
+            tot = 0
+            for r, p in self.procs.items():
+                try:
+                    rss = p.memory_info().rss
+                except Exception:  # noqa: BLE001 - the process may be restarting/exiting
+                    continue
+                tot += rss
+                pk = self.peak[self.phase]
+                pk[r] = max(pk[r], rss)
+            self.total_peak[self.phase] = max(self.total_peak[self.phase], tot)
+            self.samples += 1
+            self._stop.wait(self.period_s)
+
+    def stop(self):
+        self._stop.set()
+        self.join(5)
+
+
+def _proc_status(pid: int) -> dict:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmHWM", "VmRSS", "Threads", "Cpus_allowed_list"):
+                out[k] = v.strip()
+    except OSError:
+        pass
+    return out
+
+
+def _top_mappings(pid: int, n: int = 6) -> list:
+    import psutil
+
+    try:
+        maps = psutil.Process(pid).memory_maps(grouped=True)
+    except psutil.Error:
+        return []
+    maps = sorted(maps, key=lambda m: m.rss, reverse=True)[:n]
+    return [{"path": (Path(m.path).name if m.path.startswith("/") else m.path) or "[anon]",
+             "rss_mb": r1(m.rss / 2 ** 20)} for m in maps]
+
+
+def _ready_line(logfile: Path) -> str | None:
+    try:
+        lines = [l for l in logfile.read_text(errors="replace").splitlines() if " ready in " in l]
+        return lines[-1].split(" INFO ", 1)[-1] if lines else None
+    except OSError:
+        return None
+
+
+def _playback(arrivals: list, t_start: float) -> dict:
+    """Simulate a player that starts at the first chunk: stalls = waiting for a chunk not yet arrived."""
+    play, stall, n_stalls = None, 0.0, 0
+    for t, samples in arrivals:
+        dur = samples / 24000
+        if play is None:
+            play = t + dur
+            continue
+        if t > play:
+            stall += t - play
+            n_stalls += 1
+            play = t
+        play += dur
+    return {"stall_s": r1(stall, 3), "stalls": n_stalls}
+
+
+def bench_daemons(args, model_dir: Path) -> dict:
+    import numpy as np
+
+    from client.api import TTSClient
+    from daemons.launcher import Launcher
+
+    run_dir = Path(args.work) / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for f in run_dir.glob("*.log"):
+        f.unlink()
+    cfg = run_dir / "bench.toml"
+    lines = [f'model_dir = "{model_dir.resolve()}"', f'runtime_dir = "{run_dir.resolve()}"', "",
+             "[limits]", f"max_frames = {max(2048, args.frames, args.official_frames)}",
+             f"chunk_frames = {args.chunk_frames}", f"first_chunk_frames = {args.first_chunk_frames}",
+             "predictor_timeout_s = 60.0", "vocoder_timeout_s = 120.0", "request_timeout_s = 3600.0"]
+    roles_cfg: dict[str, dict] = {}
+    for spec, key in [(s, "cpus") for s in args.role_cpus] + [(s, "threads") for s in args.role_threads]:
+        role, _, val = spec.partition("=")
+        if role not in ROLES or not val:
+            sys.exit(f"error: expected ROLE=VALUE with ROLE in {', '.join(ROLES)}, got {spec!r}")
+        roles_cfg.setdefault(role, {})[key] = val
+    for role, kv in roles_cfg.items():
+        lines.append(f"\n[{role}]")
+        if "cpus" in kv:
+            lines.append(f'cpus = "{kv["cpus"]}"')
+        if "threads" in kv:
+            lines.append(f"threads = {int(kv['threads'])}")
+    cfg.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
+    env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT), QWEN3_TTS_LOG_LEVEL="INFO",
+               TOKENIZERS_PARALLELISM="false")
+    la = Launcher(run_dir, env=env)
+    res: dict = {"config": cfg.read_text(), "frames_per_run": args.frames, "runs": args.runs,
+                 "text": TEXT, "language": LANGUAGE, "mode": "streaming text, streaming audio"}
+    startup = {}
+    sampler = None
+    try:
+        t0 = time.monotonic()
+        for r in ROLES:  # as the launcher and systemd order them: each ready before the next starts
+            la.start(r)
+            la.wait_ready(r, 600)
+            startup[r] = r1(time.monotonic() - t0, 2)
+        res["ready_after_s"] = startup
+        pids = {r: la.procs[r].pid for r in ROLES}
+        sampler = RssSampler(pids)
+        sampler.phase = "serve"  # loading is over; VmHWM below covers the load peaks
+        sampler.start()
+        ep = f"ipc://{run_dir.resolve()}/talker.sock"
+        with TTSClient(ep, idle_timeout_s=600) as c:
+            c.synthesize(TEXT, LANGUAGE, params={"seed": 1}, max_frames=8)  # warm-up, not counted
+            runs = []
+            fl = ForeignLoad()
+            for run in range(args.runs):
+                arrivals, progress = [], []
+                t_start = time.monotonic()
+                r = c.synthesize(TEXT, LANGUAGE, params={"seed": 1000 + run}, max_frames=args.frames,
+                                 on_audio=lambda pcm: arrivals.append((time.monotonic(), len(pcm))),
+                                 on_progress=lambda f: progress.append((time.monotonic(), f)))
+                gen_ms = None
+                if len(progress) > 1:
+                    gen_ms = (progress[-1][0] - progress[0][0]) * 1e3 / (progress[-1][1] - progress[0][1])
+                first_frame = (progress[0][0] - t_start) * 1e3 if progress else None
+                audio_s = r.seconds
+                one = {"frames": r.frames, "stop": r.stop, "audio_s": r1(audio_s, 2), "wall_s": r1(r.wall_s, 3),
+                       "rtf": r1(r.wall_s / audio_s, 3) if audio_s else None,
+                       "ttfa_ms": r1(r.ttfa_s * 1e3 if r.ttfa_s is not None else None),
+                       "first_frame_ms": r1(first_frame), "gen_ms_per_frame": r1(gen_ms, 1),
+                       "tail_after_last_frame_ms": r1((t_start + r.wall_s - progress[-1][0]) * 1e3)
+                       if progress else None,
+                       "chunks": len(arrivals), **_playback(arrivals, t_start)}
+                runs.append(one)
+                log(f"e2e run {run + 1}/{args.runs}: {one}")
+            res["load"] = fl.done()
+            res["per_run"] = runs
+            res["rtf"] = r1(median([x["rtf"] for x in runs]), 3)
+            res["ttfa_ms"] = r1(median([x["ttfa_ms"] for x in runs]))
+            res["gen_ms_per_frame"] = r1(median([x["gen_ms_per_frame"] for x in runs]), 1)
+            res["wall_ms_per_frame"] = r1(median([x["wall_s"] * 1e3 / max(x["frames"], 1) for x in runs]), 1)
+            res["stall_s"] = r1(median([x["stall_s"] for x in runs]), 3)
+            res["eos_stops"] = sum(x["stop"] == "eos" for x in runs)
+            # short requests (the official comparison's frame count), same text
+            short = []
+            for run in range(args.runs):
+                r = c.synthesize(TEXT, LANGUAGE, params={"seed": 2000 + run}, max_frames=args.official_frames)
+                short.append({"frames": r.frames, "wall_s": r1(r.wall_s, 3),
+                              "s_per_frame": r.wall_s / max(r.frames, 1)})
+            res["short"] = {"max_frames": args.official_frames, "per_run": short,
+                            "s_per_frame": median([x["s_per_frame"] for x in short])}
+        sampler.stop()
+        mem = {}
+        for r in ROLES:
+            pid = pids[r]
+            st = _proc_status(pid)
+            full = None
+            try:
+                import psutil
+
+                mi = psutil.Process(pid).memory_full_info()
+                full = {"uss_mb": r1(mi.uss / 2 ** 20), "pss_mb": r1(mi.pss / 2 ** 20)}
+            except Exception:  # noqa: BLE001
+                pass
+            mem[r] = {"peak_rss_serving_mb": r1(sampler.peak["serve"][r] / 2 ** 20),
+                      "vmhwm_mb": r1(int(st.get("VmHWM", "0 kB").split()[0]) / 1024),
+                      "rss_end_mb": r1(int(st.get("VmRSS", "0 kB").split()[0]) / 1024),
+                      **(full or {}), "threads": int(st.get("Threads", 0) or 0),
+                      "cpus_allowed": st.get("Cpus_allowed_list"), "ready_line": _ready_line(run_dir / f"{r}.log"),
+                      "top_mappings": _top_mappings(pid)}
+        res["memory"] = mem
+        res["rss_samples"] = sampler.samples
+        res["rss_total_peak_serving_mb"] = r1(sampler.total_peak["serve"] / 2 ** 20)
+        res["rss_sum_of_peaks_mb"] = r1(sum(m["peak_rss_serving_mb"] for m in mem.values()))
+        res["vmhwm_total_mb"] = r1(sum(m["vmhwm_mb"] for m in mem.values()))
+        res["pss_total_mb"] = r1(sum(m.get("pss_mb") or 0 for m in mem.values()))
+    finally:
+        if sampler is not None and sampler.is_alive():
+            sampler.stop()
+        for r in reversed(ROLES):
+            if r in la.procs:
+                la.stop(r)
+        la.close()
+    return res
+
+
+# --------------------------------------------------------------------------------------- official
+
+def official_worker(ckpt: str, frames: int, runs: int, threads: int) -> None:
+    """Runs in a subprocess (torch + qwen-tts): prints one JSON line."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    t_load = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(threads)
+    from scripts.official import load_official
+
+    m = load_official(ckpt)
+    load_s = time.perf_counter() - t_load
+    ids = m._tokenize_texts([m._build_assistant_text(TEXT)])
+    kw = dict(input_ids=ids, languages=[LANGUAGE], non_streaming_mode=False, do_sample=True, top_k=50, top_p=1.0,
+              temperature=0.9, repetition_penalty=1.05, subtalker_dosample=True, subtalker_top_k=50,
+              subtalker_top_p=1.0, subtalker_temperature=0.9)
+    out = []
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        codes, _ = m.model.generate(max_new_tokens=2, **kw)  # warm-up
+        m.model.speech_tokenizer.decode([{"audio_codes": codes[0]}])
+        for run in range(runs):
+            torch.manual_seed(run + 1)
+            t0 = time.perf_counter()
+            codes, _ = m.model.generate(max_new_tokens=frames, **kw)
+            t1 = time.perf_counter()
+            wavs, sr = m.model.speech_tokenizer.decode([{"audio_codes": codes[0]}])
+            t2 = time.perf_counter()
+            n = int(codes[0].shape[0])
+            out.append({"frames": n, "generate_s": round(t1 - t0, 3), "decode_s": round(t2 - t1, 3),
+                        "audio_s": round(len(wavs[0]) / sr, 3), "s_per_frame": (t2 - t0) / max(n, 1),
+                        "generate_s_per_frame": (t1 - t0) / max(n, 1), "decode_s_per_frame": (t2 - t1) / max(n, 1)})
+            print(f"official run {run + 1}/{runs}: {out[-1]}", file=sys.stderr, flush=True)
+    hwm = _proc_status(os.getpid()).get("VmHWM", "0 kB")
+    print(json.dumps({"runs": out, "load_s": round(load_s, 1), "torch": torch.__version__, "threads": threads,
+                      "vmhwm_mb": r1(int(hwm.split()[0]) / 1024)}))
+
+
+def bench_official(ckpt: Path, frames: int, runs: int, threads: int) -> dict:
+    fl = ForeignLoad()
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--official-worker", str(ckpt),
+                        "--official-frames", str(frames), "--runs", str(runs), "--threads", str(threads)],
+                       capture_output=True, text=True, cwd=ROOT)
+    for line in p.stderr.splitlines():
+        if line.startswith("official run"):
+            log(line)
+    if p.returncode != 0:
+        return {"error": f"official run failed (exit {p.returncode}): {p.stderr[-2000:]}"}
+    d = json.loads(p.stdout.strip().splitlines()[-1])
+    d["load"] = fl.done()
+    d["frames"] = frames
+    d["s_per_frame"] = median([x["s_per_frame"] for x in d["runs"]])
+    d["generate_s_per_frame"] = median([x["generate_s_per_frame"] for x in d["runs"]])
+    d["decode_s_per_frame"] = median([x["decode_s_per_frame"] for x in d["runs"]])
+    d["rtf"] = r1(d["s_per_frame"] / FRAME_S, 2)
+    return d
+
+
+# --------------------------------------------------------------------------------------- report
+
+def summarise(res: dict) -> dict:
+    st, e2e, off = res.get("stages", {}), res.get("e2e"), res.get("official")
+    s = {}
+    if "talker" in st:
+        s["talker_ms_per_step"] = st["talker"]["ms_per_step"]
+    if "predictor" in st:
+        s["predictor_ms_per_frame"] = st["predictor"]["ms_per_frame"]
+    if "vocoder" in st:
+        s["vocoder_ms_per_frame"] = st["vocoder"]["ms_per_frame"]
+    if e2e:
+        s["e2e_rtf"] = e2e["rtf"]
+        s["ttfa_ms"] = e2e["ttfa_ms"]
+        s["daemons_rss_total_mb"] = e2e["rss_total_peak_serving_mb"]
+    if e2e and off and "s_per_frame" in off:
+        ours = e2e["wall_ms_per_frame"] / 1e3
+        s["speedup_vs_official"] = r1(off["s_per_frame"] / ours, 1)
+        s["speedup_vs_official_same_frames"] = r1(off["s_per_frame"] / e2e["short"]["s_per_frame"], 1)
+        if "talker" in st and "predictor" in st:
+            gen = (st["talker"]["ms_per_step"] + st["predictor"]["ms_per_frame"]) / 1e3
+            s["speedup_generation_only"] = r1(off["generate_s_per_frame"] / gen, 1)
+    return s
+
+
+def print_table(res: dict) -> None:
+    m, st, e2e, off, s = res["machine"], res.get("stages", {}), res.get("e2e"), res.get("official"), res["summary"]
+    q = res["quant"]
+    rows = []
+
+    def row(name, value, unit, key=None, detail=""):
+        tgt = met = ""
+        if key in TARGETS and value is not None:
+            op, t = TARGETS[key]
+            tgt = f"{op} {t:g}"
+            met = "yes" if (value <= t if op == "<=" else value >= t) else "NO"
+        rows.append((name, "-" if value is None else f"{value:g} {unit}".strip(), tgt, met, detail))
+
+    if "talker" in st:
+        t = st["talker"]
+        row("talker ms/step", t["ms_per_step"], "ms", "talker_ms_per_step",
+            f"decode {t['step_ms']} + sampling {t['sample_code0_ms']}; prefill {t['prefill_rows']} rows "
+            f"{t['prefill_ms']} ms; {t['threads']} thr")
+    if "predictor" in st:
+        p = st["predictor"]
+        pr = p["profile"]
+        row("code predictor ms/frame", p["ms_per_frame"], "ms", "predictor_ms_per_frame",
+            f"{pr['llama_decodes_per_frame']:g} decodes {pr['llama_decode_ms']} + heads/py {pr['heads_and_python_ms']}"
+            f" + sampling {pr['sampling_ms']}; {p['threads']} thr")
+    if "vocoder" in st:
+        v = st["vocoder"]
+        row("vocoder ms/frame", v["ms_per_frame"], "ms", "vocoder_ms_per_frame",
+            f"chunk {v['chunk_frames']}; first chunk ({v['first_chunk_frames']} fr) {v['first_chunk_ms']} ms; "
+            f"{v['threads']} thr")
+    if e2e:
+        row("end-to-end RTF(w/a)", e2e["rtf"], "", "e2e_rtf",
+            f"daemons, streaming, {e2e['frames_per_run']} frames fixed (random weights), "
+            f"{e2e['wall_ms_per_frame']} ms/frame wall, gen {e2e['gen_ms_per_frame']} ms/frame")
+        row("time to first audio", e2e["ttfa_ms"], "ms", "ttfa_ms", f"10-word sentence, first chunk "
+            f"{res['args']['first_chunk_frames']} frames")
+        row("playback stalls", e2e["stall_s"], "s", None, "a player starting at the first chunk")
+        for r in ROLES:
+            mm = e2e["memory"][r]
+            row(f"{r} peak RSS", mm["peak_rss_serving_mb"], "MB", None,
+                f"VmHWM {mm['vmhwm_mb']} MB, PSS {mm.get('pss_mb')} MB, cpus {mm['cpus_allowed']}")
+        row("daemons RSS total", e2e["rss_total_peak_serving_mb"], "MB", "daemons_rss_total_mb",
+            f"sum of VmHWM {e2e['vmhwm_total_mb']} MB")
+    if off and "s_per_frame" in off:
+        row("official s/frame", r1(off["s_per_frame"], 3), "s", None,
+            f"generate {off['generate_s_per_frame']:.3f} + decode {off['decode_s_per_frame']:.3f}; "
+            f"{off['frames']} frames, torch {off['torch']} fp32, {off['threads']} thr")
+        row("speed vs official", s.get("speedup_vs_official"), "x", "speedup_vs_official",
+            f"official s/frame / ours e2e s/frame; same {off['frames']} frames: "
+            f"{s.get('speedup_vs_official_same_frames')}x; generation only: {s.get('speedup_generation_only')}x")
+    elif off:
+        row("official", None, "", None, off.get("error", "")[:100])
+    w = [max(len(r[i]) for r in rows + [("metric", "median", "target", "met", "")]) for i in range(4)]
+    print(f"\nqwen3-tts bench — {m['cpu_model']}, {m['logical_cpus']} CPUs ({m.get('hypervisor') or 'bare metal'}), "
+          f"talker {q['talker']}, predictor {q['predictor']}, vocoder fp32 ONNX; medians of {res['args']['runs']} runs")
+    print(f"{'metric':<{w[0]}}  {'median':>{w[1]}}  {'target':<{w[2]}}  {'met':<{w[3]}}  detail")
+    for name, val, tgt, met, det in rows:
+        print(f"{name:<{w[0]}}  {val:>{w[1]}}  {tgt:<{w[2]}}  {met:<{w[3]}}  {det}")
+    print("NOTE: random weights (audio is noise); frame counts are fixed, not EOS-terminated. "
+          "Timings on this VM vary +-30-50 % between runs.")
+
+
+# --------------------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/qwen3-tts-bench", help="checkpoint, converted models, runtime dir")
+    ap.add_argument("--checkpoint", help="full-size checkpoint to use (default: make one under --work)")
+    ap.add_argument("--quant", default="q4_k_m", choices=("f32", "f16", "q8_0", "q4_k_m"))
+    ap.add_argument("--predictor-quant", choices=("f32", "f16", "q8_0", "q4_k_m"))
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--frames", type=int, default=100, help="frames per generation (fixed: random weights)")
+    ap.add_argument("--official-frames", type=int, default=10)
+    ap.add_argument("--skip-official", action="store_true")
+    ap.add_argument("--skip-stages", action="store_true")
+    ap.add_argument("--skip-daemons", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="stage benches and official (default: all usable CPUs)")
+    ap.add_argument("--chunk-frames", type=int, default=None, help="vocoder chunk (default: [limits] default)")
+    ap.add_argument("--first-chunk-frames", type=int, default=None)
+    ap.add_argument("--role-cpus", action="append", default=[], metavar="ROLE=LIST", help="e.g. vocoder=1")
+    ap.add_argument("--role-threads", action="append", default=[], metavar="ROLE=N", help="e.g. vocoder=1")
+    ap.add_argument("--max-load", type=float, default=0.5, help="wait until the 1-min load average is below this")
+    ap.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for an idle machine")
+    ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--official-worker", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    threads = a.threads or len(os.sched_getaffinity(0))
+    if a.official_worker:
+        official_worker(a.official_worker, a.official_frames, a.runs, threads)
+        return 0
+    # numpy's BLAS pool like the daemons' (pin_role sizes it before numpy is imported)
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(v, str(threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from daemons.config import Limits
+
+    a.chunk_frames = a.chunk_frames or Limits().chunk_frames
+    a.first_chunk_frames = a.first_chunk_frames or Limits().first_chunk_frames
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    t_all = time.monotonic()
+    res: dict = {"args": vars(a), "command": " ".join([Path(sys.executable).name, "scripts/bench.py",
+                                                       *(sys.argv[1:] if argv is None else argv)]),
+                 "random_weights": True, "machine": machine_info()}
+    ckpt = ensure_checkpoint(a)
+    model_dir, reused = ensure_model(a, ckpt)
+    mf = json.loads((model_dir / "manifest.json").read_text())
+    res["checkpoint"] = str(ckpt)
+    res["model_dir"] = str(model_dir)
+    res["model_reused"] = reused
+    res["quant"] = {"talker": mf["quant"], "predictor": mf["predictor_quant"], "vocoder": "fp32 (ONNX)",
+                    "text_table": mf["text"]["table_dtype"]}
+    res["random_weights"] = bool(mf["source"].get("random_weights"))
+    res["idle_check"] = wait_for_idle(a.max_load, a.max_wait)
+    res["memory_bandwidth"] = memory_bandwidth_gbs()
+    log(f"memory bandwidth: {res['memory_bandwidth']}")
+    if not a.skip_stages:
+        st = res["stages"] = {}
+        fl = ForeignLoad()
+        log(f"talker: {a.runs} x {a.frames} steps, {threads} threads")
+        st["talker"], keep = bench_talker(model_dir, threads, a.frames, a.runs)
+        log(f"talker: {st['talker']['ms_per_step']} ms/step")
+        log(f"predictor: {a.runs} x {a.frames} frames")
+        st["predictor"] = bench_predictor(model_dir, threads, a.frames, a.runs, keep)
+        log(f"predictor: {st['predictor']['ms_per_frame']} ms/frame, profile {st['predictor']['profile']}")
+        log(f"vocoder: {a.runs} x {a.frames} frames in chunks of {a.chunk_frames}")
+        st["vocoder"] = bench_vocoder(model_dir, threads, a.frames, a.runs, a.chunk_frames, a.first_chunk_frames)
+        log(f"vocoder: {st['vocoder']['ms_per_frame']} ms/frame")
+        st["load"] = fl.done()
+    if not a.skip_daemons:
+        log(f"daemons: {a.runs} x {a.frames} frames end to end (streaming)")
+        res["e2e"] = bench_daemons(a, model_dir)
+        log(f"e2e: RTF {res['e2e']['rtf']}, TTFA {res['e2e']['ttfa_ms']} ms, "
+            f"RSS total {res['e2e']['rss_total_peak_serving_mb']} MB")
+    if not a.skip_official:
+        log(f"official qwen-tts: {a.runs} x {a.official_frames} frames (generate + decode), {threads} threads")
+        res["official"] = bench_official(ckpt, a.official_frames, a.runs, threads)
+    res["summary"] = summarise(res)
+    res["targets"] = {}
+    for k, (op, v) in TARGETS.items():
+        got = res["summary"].get(k)
+        res["targets"][k] = {"target": f"{op} {v:g}", "reached_value": got,
+                             "met": None if got is None else bool(got <= v if op == "<=" else got >= v)}
+    res["loadavg_at_end"] = [r1(x, 2) for x in os.getloadavg()]
+    res["total_s"] = r1(time.monotonic() - t_all)
+    print_table(res)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
+        log(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

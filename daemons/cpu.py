@@ -147,8 +147,23 @@ def plan_cpus(role: str, role_cfg: "RoleConfig | None", clusters: list[list[int]
 
     clusters = [sorted(c) for c in clusters if c]
     if len(clusters) <= 1:
-        want = clusters[0] if clusters else sorted(allowed_set)
-        reason = "uniform machine: all CPUs"
+        # Uniform machine: the talker and the predictor take turns (each waits for the other), so they can
+        # share CPUs; the vocoder runs at the same time as they do, and llama.cpp's spinning thread barriers
+        # stall badly when another busy thread is preempting one of theirs. So the vocoder gets its own
+        # quarter of the CPUs (at least one) and the LLMs the rest, as on a big.LITTLE board.
+        every = clusters[0] if clusters else sorted(allowed_set)
+        usable = sorted(set(every) & allowed_set) or sorted(allowed_set)
+        if len(usable) < 2:
+            want, reason = usable, "single CPU: shared by every role"
+        else:
+            k = max(1, len(usable) // 4)
+            if role == "vocoder":
+                want = usable[-k:]
+                reason = f"uniform machine: last {k} of {len(usable)} CPUs for the vocoder"
+            else:
+                want = usable[:-k]
+                reason = (f"uniform machine: {len(want)} of {len(usable)} CPUs shared by talker and predictor, "
+                          f"{format_cpu_list(usable[-k:])} left to the vocoder")
     elif role == "vocoder":
         want = clusters[-1]
         reason = (f"little cluster {format_cpu_list(want)}: keeps the vocoder off the big cores of the talker "

@@ -21,7 +21,10 @@ ROLES = ("predictor", "vocoder", "talker")
 
 
 class Launcher:
-    def __init__(self, runtime_dir: Path, env: dict | None = None, python: str = sys.executable):
+    def __init__(self, runtime_dir: Path, env: dict | None = None, python: str = sys.executable,
+                 watchdog_usec: int | None = None):
+        """`watchdog_usec`: ask the daemons for WATCHDOG=1 pings (only useful while this object listens)."""
+        self.watchdog_usec = watchdog_usec
         self.dir = Path(runtime_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ if env is None else env)
@@ -47,7 +50,10 @@ class Launcher:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         s.bind(str(path))
         self.notify[role], self.messages[role] = s, []
-        env = {**self.env, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": self.env.get("WATCHDOG_USEC", "10000000")}
+        env = {**self.env, "NOTIFY_SOCKET": str(path)}
+        env.pop("WATCHDOG_USEC", None)
+        if self.watchdog_usec:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         log = open(self.dir / f"{role}.log", "ab")
         p = subprocess.Popen([self.python, "-m", "daemons.main", role], env=env, stdout=log, stderr=log,
                              stdin=subprocess.DEVNULL, start_new_session=True)

@@ -220,6 +220,41 @@ def ensure_checkpoint(args) -> Path:
     return ck
 
 
+def tokenizer_fixup(ckpt: Path, work: Path) -> tuple[Path, str | None]:
+    """`make_checkpoint.py --size full` keeps the released `assistant_token_id` (77091) in config.json while
+    its synthetic BPE tokenizer encodes "assistant" as another id, which `convert.py` rightly rejects.
+    For a random-weight checkpoint, use a symlink overlay whose config.json carries the tokenizer's id
+    (the official code never reads that key; the checkpoint itself is left untouched)."""
+    from tokenizers import Tokenizer
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    ids = Tokenizer.from_file(str(ckpt / "tokenizer.json")).encode("<|im_start|>assistant\n",
+                                                                    add_special_tokens=False).ids
+    if len(ids) == 3 and ids[1] == cfg.get("assistant_token_id"):
+        return ckpt, None
+    if len(ids) != 3 or not (ckpt / "RANDOM_WEIGHTS.txt").is_file():
+        sys.exit(f"error: {ckpt}: the tokenizer encodes the role header as {ids}, config.json says assistant_token_id="
+                 f"{cfg.get('assistant_token_id')}")
+    note = (f"{ckpt}/config.json has assistant_token_id={cfg.get('assistant_token_id')} but its tokenizer encodes "
+            f"'assistant' as {ids[1]} (scripts/make_checkpoint.py --size full); benchmarked through a symlink "
+            f"overlay with assistant_token_id={ids[1]}")
+    ov = work / f"ckpt-overlay-{ckpt.resolve().name}"
+    ov.mkdir(parents=True, exist_ok=True)
+    for f in ckpt.iterdir():
+        dst = ov / f.name
+        if f.name == "config.json":
+            continue
+        if dst.is_symlink() or dst.exists():
+            if dst.is_symlink() and dst.resolve() == f.resolve():
+                continue
+            dst.unlink()
+        dst.symlink_to(f.resolve())
+    cfg["assistant_token_id"] = ids[1]
+    (ov / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    log("WARNING: " + note)
+    return ov, note
+
+
 def _source_stamp(ckpt: Path) -> dict:
     st = (ckpt / "model.safetensors").stat()
     return {"checkpoint": str(ckpt.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
@@ -863,6 +898,8 @@ def main(argv=None) -> int:
                                                        *(sys.argv[1:] if argv is None else argv)]),
                  "random_weights": True, "machine": machine_info()}
     ckpt = ensure_checkpoint(a)
+    ckpt, note = tokenizer_fixup(ckpt, Path(a.work))
+    res["problems"] = [note] if note else []
     model_dir, reused = ensure_model(a, ckpt)
     mf = json.loads((model_dir / "manifest.json").read_text())
     res["checkpoint"] = str(ckpt)

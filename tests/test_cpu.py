@@ -122,10 +122,15 @@ def test_three_tier_big_is_all_but_the_smallest():
     assert cpu.plan_cpus("vocoder", None, clusters, allowed=ALL8)[0] == [0, 1, 2, 3]
 
 
-def test_uniform_plan_gives_every_role_all_cpus():
-    for role in ("talker", "predictor", "vocoder"):
-        cpus, reason = cpu.plan_cpus(role, RoleConfig(), [[0, 1, 2, 3]], allowed=range(4))
-        assert cpus == [0, 1, 2, 3] and "uniform" in reason
+def test_uniform_plan_splits_vocoder_from_the_llms():
+    """On a uniform machine the talker and predictor share CPUs (they take turns); the vocoder, which runs
+    concurrently, gets its own quarter (at least one CPU)."""
+    for n, llm, voc in ((2, [0], [1]), (4, [0, 1, 2], [3]), (8, [0, 1, 2, 3, 4, 5], [6, 7])):
+        for role in ("talker", "predictor"):
+            cpus, reason = cpu.plan_cpus(role, RoleConfig(), [list(range(n))], allowed=range(n))
+            assert cpus == llm and "uniform" in reason
+        assert cpu.plan_cpus("vocoder", RoleConfig(), [list(range(n))], allowed=range(n))[0] == voc
+    assert cpu.plan_cpus("vocoder", RoleConfig(), [[0]], allowed=[0])[0] == [0]
 
 
 def test_explicit_config_wins(tmp_path, caplog):

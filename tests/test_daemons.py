@@ -33,7 +33,7 @@ def cluster(tiny_model, tmp_path_factory):
     for k in list(env):
         if k.startswith("QWEN3_TTS_") and k != "QWEN3_TTS_CONFIG":
             del env[k]
-    la = Launcher(run, env=env)
+    la = Launcher(run, env=env, watchdog_usec=4_000_000)
     for r in ROLES:
         la.start(r)
     for r in ROLES:

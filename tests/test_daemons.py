@@ -196,6 +196,44 @@ def test_cli_streaming_and_errors(cluster, tmp_path):
     assert r.returncode == 1 and "unknown_language" in r.stderr
 
 
+def test_cancel_and_disconnect_stop_generation(cluster):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(cluster.endpoint)
+    try:
+        s.send_multipart(protocol.encode("synthesize", id="c1", text=TEXT, language="english", max_frames=400))
+        seen = 0
+        while seen < 3:
+            assert s.poll(20000)
+            m = protocol.decode(s.recv_multipart())
+            seen += m.type == "progress"
+        s.send_multipart(protocol.encode("cancel", id="c1"))
+        after = 0
+        while True:
+            assert s.poll(20000)
+            m = protocol.decode(s.recv_multipart())
+            if m.type == "error":
+                assert m.header["code"] == "cancelled"
+                break
+            after += m.type == "progress"
+        assert after <= 1, f"{after} frames were generated after the cancel"
+    finally:
+        s.close(0)
+    # a client that vanishes mid-request: the talker notices on its next frame and becomes free again
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(cluster.endpoint)
+    s.send_multipart(protocol.encode("synthesize", id="c2", text=TEXT, language="english", max_frames=2000))
+    assert s.poll(20000)
+    s.close(0)
+    with client(cluster) as c:
+        deadline = time.monotonic() + 10
+        while c.ping()["active"]:
+            assert time.monotonic() < deadline, "the talker kept generating for a client that is gone"
+            time.sleep(0.05)
+
+
 def test_notify_lifecycle_and_graceful_stop(cluster):
     """READY, STATUS, WATCHDOG... then STOPPING on SIGTERM (runs last in this module: it stops the vocoder)."""
     role = "vocoder"

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
-import zmq
 
 from . import protocol
 from .manifest import ModelDir
 from .predictor import PredictorEngine
 from .sampling import SamplingParams
-from .service import Service
+from .service import WorkerService
 
 SUB_PARAMS = ("sub_do_sample", "sub_temperature", "sub_top_k", "sub_top_p")
 
@@ -29,7 +28,7 @@ def sub_params(d) -> SamplingParams:
     return p
 
 
-class PredictorDaemon(Service):
+class PredictorDaemon(WorkerService):
     role = "predictor"
 
     def load(self) -> None:
@@ -41,19 +40,8 @@ class PredictorDaemon(Service):
     def warmup(self) -> None:
         self.engine.predict(np.zeros(self.hidden, np.float32), 0, SamplingParams(), 0, 0)
 
-    def serve_once(self, timeout_ms: int) -> None:
-        if not self.sock.poll(timeout_ms, zmq.POLLIN):
-            return
-        ident, msg = self.recv_request(self.sock)
-        if msg is None:
-            return
+    def handle_predict(self, ident: bytes, msg: protocol.Message) -> None:
         rid = msg.id
-        if msg.type == "ping":
-            self.reply(self.sock, ident, protocol.encode("pong", role=self.role, ready=True))
-            return
-        if msg.type != "predict":
-            self.reply(self.sock, ident, protocol.error(rid, "bad_request", f"unknown message type {msg.type!r}"))
-            return
         h = msg.header
         try:
             hidden = msg.arrays.get("hidden")

@@ -113,3 +113,28 @@ class Service:
             self.notifier.stopping()
         self.log.info("stopped")
         return 0
+
+
+class WorkerService(Service):
+    """A daemon that answers requests on one ROUTER socket (`self.sock`): ping is answered here, other
+    types go to `handle_<type>(ident, msg)`; unknown types get a `bad_request` error."""
+
+    sock: zmq.Socket
+
+    def pong(self) -> dict:
+        return {}
+
+    def serve_once(self, timeout_ms: int) -> None:
+        if not self.sock.poll(timeout_ms, zmq.POLLIN):
+            return
+        ident, msg = self.recv_request(self.sock)
+        if msg is None:
+            return
+        if msg.type == "ping":
+            self.reply(self.sock, ident, protocol.encode("pong", role=self.role, ready=True, **self.pong()))
+            return
+        handler = getattr(self, f"handle_{msg.type}", None) if msg.type.isidentifier() else None
+        if handler is None:
+            self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", f"unknown message type {msg.type!r}"))
+            return
+        handler(ident, msg)

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import zmq
-
 from . import protocol
 from .manifest import ModelDir
-from .service import Service
+from .service import WorkerService
 from .vocoder import VocoderEngine
 
 MAX_STREAMS = 32  # least recently used streams beyond this are dropped
 
 
-class VocoderDaemon(Service):
+class VocoderDaemon(WorkerService):
     role = "vocoder"
 
     def load(self) -> None:
@@ -27,24 +25,13 @@ class VocoderDaemon(Service):
 
         self.engine.new_stream().decode(np.zeros((2, 16), dtype=np.int64))
 
-    def serve_once(self, timeout_ms: int) -> None:
-        if not self.sock.poll(timeout_ms, zmq.POLLIN):
-            return
-        ident, msg = self.recv_request(self.sock)
-        if msg is None:
-            return
-        rid = msg.id
-        if msg.type == "ping":
-            self.reply(self.sock, ident, protocol.encode("pong", role=self.role, ready=True,
-                                                         streams=len(self.streams)))
-        elif msg.type == "close":
-            self.streams.pop(rid, None)
-        elif msg.type == "frames":
-            self._frames(ident, msg)
-        else:
-            self.reply(self.sock, ident, protocol.error(rid, "bad_request", f"unknown message type {msg.type!r}"))
+    def pong(self) -> dict:
+        return {"streams": len(self.streams)}
 
-    def _frames(self, ident: bytes, msg: protocol.Message) -> None:
+    def handle_close(self, ident: bytes, msg: protocol.Message) -> None:
+        self.streams.pop(msg.id, None)
+
+    def handle_frames(self, ident: bytes, msg: protocol.Message) -> None:
         rid, seq = msg.id, msg.header.get("seq")
         if rid is None or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
             self.reply(self.sock, ident, protocol.error(rid, "bad_request", "frames needs an id and a seq >= 0"))

@@ -98,6 +98,9 @@ class TalkerDaemon(Service):
         self.defaults = SamplingParams.from_generation_config(self.md.generation, **{
             k: v for k, v in self.cfg.sampling.items() if k in CLIENT_PARAMS})
         self.front = self.bind_router(self.cfg.endpoints["talker"])
+        # No send high-water mark towards clients: a slow reader must not look like a vanished one (EAGAIN),
+        # and what can queue up is bounded anyway by max_frames (progress + audio of one utterance).
+        self.front.setsockopt(zmq.SNDHWM, 0)
         self.pred_sock = self.connect_dealer(self.cfg.endpoints["predictor"])
         self.voc = self.connect_dealer(self.cfg.endpoints["vocoder"])
         self.predictor = RemotePredictor(self.pred_sock, self.limits.predictor_timeout_s,

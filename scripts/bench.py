@@ -515,10 +515,10 @@ class RssSampler(threading.Thread):
         self.peak = {ph: {r: 0 for r in pids} for ph in ("load", "serve")}
         self.total_peak = {"load": 0, "serve": 0}
         self.samples = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self):
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             tot = 0
             for r, p in self.procs.items():
                 try:
@@ -530,10 +530,10 @@ class RssSampler(threading.Thread):
                 pk[r] = max(pk[r], rss)
             self.total_peak[self.phase] = max(self.total_peak[self.phase], tot)
             self.samples += 1
-            self._stop.wait(self.period_s)
+            self._halt.wait(self.period_s)
 
     def stop(self):
-        self._stop.set()
+        self._halt.set()
         self.join(5)
 
 
@@ -699,11 +699,19 @@ def bench_daemons(args, model_dir: Path) -> dict:
         res["vmhwm_total_mb"] = r1(sum(m["vmhwm_mb"] for m in mem.values()))
         res["pss_total_mb"] = r1(sum(m.get("pss_mb") or 0 for m in mem.values()))
     finally:
-        if sampler is not None and sampler.is_alive():
-            sampler.stop()
+        # the daemons run in their own sessions: stop every one this bench started, whatever happened
+        if sampler is not None:
+            try:
+                sampler.stop()
+            except Exception as e:  # noqa: BLE001
+                log(f"rss sampler: {e}")
         for r in reversed(ROLES):
             if r in la.procs:
-                la.stop(r)
+                try:
+                    la.stop(r)
+                except Exception as e:  # noqa: BLE001
+                    log(f"stopping {r} (pid {la.procs[r].pid}): {e}")
+                    la.procs[r].kill()
         la.close()
     return res
 

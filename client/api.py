@@ -34,6 +34,12 @@ class Result:
     codes: np.ndarray | None = None
     random_weights: bool = False
     chunks: list = field(default_factory=list)
+    segments: list = field(default_factory=list)  # per segment: {index, frames, stop, seed, chars}
+
+    @property
+    def truncated(self) -> list:
+        """Segments that did not end on the end-of-speech token (cap or runaway detection)."""
+        return [s for s in self.segments if s.get("stop") != "eos"]
 
     @property
     def seconds(self) -> float:
@@ -91,6 +97,7 @@ class TTSClient:
 
     def synthesize(self, text: str, language: str = "auto", *, params: dict | None = None,
                    max_frames: int | None = None, non_streaming: bool = False, xvector=None,
+                   segment: bool = True, pause_ms: int | None = None,
                    return_codes: bool = False, on_audio: Callable[[np.ndarray], None] | None = None,
                    on_progress: Callable[[int], None] | None = None) -> Result:
         rid = uuid.uuid4().hex
@@ -98,6 +105,9 @@ class TTSClient:
                   "return_codes": return_codes, "params": params or {}}
         if max_frames is not None:
             header["max_frames"] = max_frames
+        header["segment"] = segment
+        if pause_ms is not None:
+            header["pause_ms"] = pause_ms
         arrays = {"xvector": np.asarray(xvector, np.float32)} if xvector is not None else None
         t0 = time.monotonic()
         self._send(protocol.encode("synthesize", arrays, **header))
@@ -123,7 +133,7 @@ class TTSClient:
                     return Result(audio=audio, frames=m.header["frames"], stop=m.header["stop"],
                                   seed=m.header["seed"], ttfa_s=ttfa, wall_s=time.monotonic() - t0,
                                   codes=m.arrays.get("codes"), random_weights=bool(m.header.get("random_weights")),
-                                  chunks=chunks)
+                                  chunks=chunks, segments=m.header.get("segments") or [])
         except BaseException:
             try:  # interrupted or failed locally: tell the talker to stop working on it
                 self.sock.send_multipart(protocol.encode("cancel", id=rid), flags=zmq.NOBLOCK)

@@ -1,7 +1,8 @@
 """tts-client "text" [--language russian] [--streaming] [-o out.wav] [--output-raw]
 
 Exit codes: 0 audio written; 1 the daemons answered with an error (busy, invalid text, ...);
-2 bad usage or input; 3 the talker daemon is not running; 4 no answer in time."""
+2 bad usage or input; 3 the talker daemon is not running; 4 no answer in time; 5 with --strict, a segment
+ended on its frame cap or on runaway detection instead of the end-of-speech token (audio still written)."""
 from __future__ import annotations
 
 import sys
@@ -36,8 +37,10 @@ def _pcm16(x: np.ndarray) -> bytes:
 @click.option("--non-streaming-text", is_flag=True, help="whole text in the prompt (model-side text mode)")
 @click.option("--endpoint", help="talker endpoint (default: from the configuration)")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds without any answer")
+@click.option("--strict", is_flag=True, help="exit 5 when any segment did not end on the end-of-speech token")
+@click.option("--pause-ms", type=click.IntRange(0, 5000), help="silence between sentences (default: config)")
 def main(text, language, streaming, output, output_raw, voice, seed, temperature, top_k, top_p,
-         repetition_penalty, greedy, max_frames, non_streaming_text, endpoint, timeout):
+         repetition_penalty, greedy, max_frames, non_streaming_text, endpoint, timeout, strict, pause_ms):
     if text is None:
         data = sys.stdin.buffer.read()
         try:
@@ -66,7 +69,7 @@ def main(text, language, streaming, output, output_raw, voice, seed, temperature
     try:
         with TTSClient(endpoint, idle_timeout_s=timeout) as c:
             r = c.synthesize(text, language, params=params, max_frames=max_frames,
-                             non_streaming=non_streaming_text, xvector=xvector,
+                             non_streaming=non_streaming_text, xvector=xvector, pause_ms=pause_ms,
                              on_audio=on_audio if (streaming or output_raw) else None)
     except ClientError as e:
         click.echo(f"error: {e.code}: {e.message}", err=True)
@@ -81,17 +84,22 @@ def main(text, language, streaming, output, output_raw, voice, seed, temperature
         import soundfile as sf
 
         sf.write(output, r.audio, SAMPLE_RATE, subtype="PCM_16")
-    info = f"{r.seconds:.2f} s of audio ({r.frames} frames, stop={r.stop}, seed={r.seed})"
+    info = f"{r.seconds:.2f} s of audio ({r.frames} frames, {len(r.segments)} segment(s), seed={r.seed})"
     if not output_raw:
         info += f" -> {output}"
     if streaming or output_raw:
         rtf = r.wall_s / r.seconds if r.seconds else float("nan")
         info += f"; time to first audio {r.ttfa_s * 1000:.0f} ms, RTF {rtf:.2f}" if r.ttfa_s else ""
     click.echo(info, err=True)
-    if r.stop != "eos":
-        click.echo(f"warning: generation ended on {r.stop}, not on the end-of-speech token", err=True)
+    for sg in r.truncated:
+        why = {"max_frames": "its frame cap", "runaway_loop": "a code-0 repetition loop",
+               "runaway_silence": "a long near-silence after its text"}.get(sg["stop"], sg["stop"])
+        click.echo(f"warning: segment {sg['index'] + 1}/{len(r.segments)} ({sg['frames']} frames) ended on {why}, "
+                   "not on the end-of-speech token", err=True)
     if r.random_weights:
         click.echo("NOTE: the model has random weights: this audio is noise, not speech.", err=True)
+    if strict and r.truncated:
+        sys.exit(5)
 
 
 if __name__ == "__main__":

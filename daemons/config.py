@@ -63,7 +63,7 @@ class RoleConfig:
 
 @dataclass
 class Limits:
-    max_text_chars: int = 5000
+    max_text_chars: int = 20000
     queue_size: int = 8
     request_timeout_s: float = 600.0
     predictor_timeout_s: float = 5.0
@@ -72,6 +72,14 @@ class Limits:
     chunk_frames: int = 4
     first_chunk_frames: int = 2
     max_frames: int = 2048
+    # long text: sentence segments, per-segment frame caps, runaway detection (0 disables where noted)
+    segment_max_chars: int = 300
+    pause_ms: int = 150               # silence between segments (0: none)
+    cap_base_frames: int = 25         # segment cap = cap_base_frames + cap_frames_per_token * text tokens
+    cap_frames_per_token: float = 6.0
+    loop_frames: int = 36             # stop when the last N code-0 values repeat with period <= 8 (0: off)
+    silence_frames: int = 30          # stop after N near-silent frames once the text is consumed (0: off)
+    silence_rms: float = 0.003        # "near-silent": frame RMS below this (about -50 dBFS)
 
 
 # Sampling overrides accepted in [sampling] (names of daemons.sampling.SamplingParams fields):
@@ -237,10 +245,16 @@ def _sampling_value(key: str, value: Any, where: str, from_env: bool) -> Any:
     return v
 
 
+_ZERO_OK = {"pause_ms", "loop_frames", "silence_frames"}
+
+
 def _limit_value(name: str, value: Any, where: str, from_env: bool) -> Any:
     default = getattr(Limits(), name)
     v = _as_float(value, where, from_env) if isinstance(default, float) else _as_int(value, where, from_env)
-    if not v > 0:
+    if name in _ZERO_OK:
+        if v < 0:
+            raise ConfigError(f"{where}: must be >= 0, got {v!r}")
+    elif not v > 0:
         raise ConfigError(f"{where}: must be > 0, got {v!r}")
     return v
 

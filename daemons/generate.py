@@ -25,18 +25,44 @@ class Predictor(Protocol):
 
 
 @dataclass
+class RunawayRules:
+    """Stop an utterance that is clearly not speech any more (never touches one that ends on EOS first).
+    A code-0 loop: the last `loop_frames` code-0 values repeat with a period of at most `loop_period`
+    frames (0 disables). The near-silence rule needs audio and lives with the vocoder consumer."""
+    loop_frames: int = 36
+    loop_period: int = 8
+
+    def looping(self, history: list[int]) -> bool:
+        n = self.loop_frames
+        if n <= 0 or len(history) < n + 1:
+            return False
+        tail = history[-n:]
+        for p in range(1, min(self.loop_period, len(history) - n) + 1):
+            if tail == history[-n - p:-p]:
+                return True
+        return False
+
+
+def frame_cap(n_tokens: int, base: int = 25, per_token: float = 6.0) -> int:
+    """Most frames a segment of `n_tokens` text tokens may take: generous for slow or cloned voices
+    (6 frames = 0.48 s per token; English runs ~3.5, Chinese ~3), plus a fixed allowance."""
+    return int(base + per_token * n_tokens)
+
+
+@dataclass
 class Generation:
     """Outcome of one utterance, filled while the frames are yielded."""
-    stop: str = "running"          # "eos" | "max_frames"
+    stop: str = "running"          # "eos" | "max_frames" | "runaway_loop" | "runaway_silence" | "cancelled"
     frames: int = 0
     seed: int = 0
     code0_history: list[int] = field(default_factory=list)
 
 
 def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sampler: Sampler,
-                    max_frames: int, gen: Generation | None = None) -> Iterator[np.ndarray]:
-    """Yield one int64 [16] frame per 80 ms of audio until EOS or `max_frames`.
-    The EOS frame itself is not yielded (it is not decoded)."""
+                    max_frames: int, gen: Generation | None = None,
+                    runaway: RunawayRules | None = None) -> Iterator[np.ndarray]:
+    """Yield one int64 [16] frame per 80 ms of audio until EOS, `max_frames` or a runaway rule.
+    The EOS frame itself is not yielded (it is not decoded). `gen.stop` says which ended it."""
     gen = gen if gen is not None else Generation()
     gen.seed = sampler.seed
     if max_frames < 1:
@@ -48,6 +74,9 @@ def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sample
         history.append(c0)
         if c0 == sampler.eos:
             gen.stop = "eos"
+            return
+        if runaway is not None and runaway.looping(history):
+            gen.stop = "runaway_loop"
             return
         codes, feedback = predictor.predict(hidden, c0, sampler.p, sampler.seed, step)
         gen.frames += 1

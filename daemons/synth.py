@@ -7,19 +7,22 @@ For debugging and parity checks:
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
+from dataclasses import replace
 from typing import Iterator
 
 import click
 import numpy as np
 
 from .errors import TTSError
-from .generate import Generation, generate_frames
+from .generate import Generation, RunawayRules, generate_frames
 from .manifest import SAMPLE_RATE, ModelDir
 from .predictor import PredictorEngine
 from .prompt import PromptBuilder
 from .sampling import Sampler, SamplingParams
+from .segment import Segment, plan_segments
 from .talker import TalkerEngine
 
 DEFAULT_MAX_FRAMES = 2048  # 164 s of audio; the official wrapper's default max_new_tokens
@@ -61,23 +64,50 @@ class Synthesizer:
         sampler = Sampler(params or self.sampling(), self.md.talker["codec_vocab"], self.md.special["codec_eos"])
         return generate_frames(self.talker, self.predictor, prompt, sampler, max_frames, gen)
 
-    def synthesize(self, text: str, language: str = "auto", *, chunk_frames: int = 4, **kw):
-        """Returns (codes [n,16] int64, audio float32, Generation). Audio is vocoded in chunks as frames
-        arrive, exactly as a streaming consumer would."""
-        gen = kw.pop("gen", None) or Generation()
+    def synthesize(self, text: str, language: str = "auto", *, chunk_frames: int = 4,
+                   params: SamplingParams | None = None, max_frames: int | None = None,
+                   non_streaming: bool = False, xvector=None, ref_codes=None, ref_text: str | None = None,
+                   segment: bool = True, pause_ms: int = 0, runaway: RunawayRules | None = None):
+        """Returns (codes [n,16] int64, audio float32, [Generation per segment]). Long text is split into
+        sentences (one prompt each, frame caps from their length); the vocoder stream runs across segment
+        boundaries, so they have no seams; `pause_ms` of silence is put between segments. Audio is vocoded
+        in chunks as frames arrive, exactly as a streaming consumer would."""
+        params = params or self.sampling()
+        cap = min(max_frames or DEFAULT_MAX_FRAMES, self.talker.lm.n_ctx)
+        if ref_codes is not None or not segment:
+            p = self.prompts.build(text, language, non_streaming=non_streaming, xvector=xvector,
+                                   ref_codes=ref_codes, ref_text=ref_text)
+            segments = [Segment(text, p, cap)]
+        else:
+            segments = plan_segments(self.prompts, text, language, max_frames=cap, non_streaming=non_streaming,
+                                     xvector=xvector)
+        base_seed = params.seed if params.seed is not None else secrets.randbits(63)
         stream = self.vocoder.new_stream() if self.vocoder else None
-        codes, audio, pending = [], [], []
-        for fr in self.frames(text, language, gen=gen, **kw):
-            codes.append(fr)
-            pending.append(fr)
-            if stream is not None and len(pending) >= chunk_frames:
+        codes, audio, gens = [], [], []
+        pause = np.zeros(int(SAMPLE_RATE * pause_ms / 1000), dtype=np.float32)
+        for i, seg in enumerate(segments):
+            room = self.talker.lm.n_ctx - len(seg.prompt.prefill)
+            if room < 1:
+                raise TTSError(f"segment {i} does not fit the talker context ({self.talker.lm.n_ctx})")
+            sp = replace(params, seed=(base_seed + i) % (1 << 63))
+            sampler = Sampler(sp, self.md.talker["codec_vocab"], self.md.special["codec_eos"])
+            gen = Generation()
+            pending = []
+            for fr in generate_frames(self.talker, self.predictor, seg.prompt, sampler, min(seg.cap, room), gen,
+                                      runaway):
+                codes.append(fr)
+                pending.append(fr)
+                if stream is not None and len(pending) >= chunk_frames:
+                    audio.append(stream.decode(np.stack(pending)))
+                    pending = []
+            if stream is not None and pending:
                 audio.append(stream.decode(np.stack(pending)))
-                pending = []
-        if stream is not None and pending:
-            audio.append(stream.decode(np.stack(pending)))
+            gens.append(gen)
+            if stream is not None and len(pause) and i + 1 < len(segments):
+                audio.append(pause)
         codes_arr = np.stack(codes) if codes else np.zeros((0, 16), dtype=np.int64)
         wav = np.concatenate(audio) if audio else np.zeros(0, dtype=np.float32)
-        return codes_arr, wav, gen
+        return codes_arr, wav, gens
 
     def close(self) -> None:
         self.talker.close()
@@ -108,8 +138,9 @@ def main(model_dir, text, language, greedy, seed, max_frames, non_streaming_text
             params.do_sample = params.sub_do_sample = False
         xv = np.load(xvector) if xvector else None
         t1 = time.perf_counter()
-        codes, wav, gen = syn.synthesize(text, language, params=params, max_frames=max_frames,
-                                         non_streaming=non_streaming_text, xvector=xv, chunk_frames=chunk_frames)
+        codes, wav, gens = syn.synthesize(text, language, params=params, max_frames=max_frames,
+                                          non_streaming=non_streaming_text, xvector=xv, chunk_frames=chunk_frames,
+                                          runaway=RunawayRules())
     except (TTSError, ValueError) as e:
         click.echo(f"error: {getattr(e, 'message', e)}", err=True)
         sys.exit(2)
@@ -121,7 +152,9 @@ def main(model_dir, text, language, greedy, seed, max_frames, non_streaming_text
 
         sf.write(wav_out, wav, SAMPLE_RATE, subtype="PCM_16")
     secs = len(codes) * 0.08
-    click.echo(f"{len(codes)} frames ({secs:.2f} s audio), stop={gen.stop}, seed={gen.seed}, "
+    stops = ",".join(g.stop for g in gens)
+    click.echo(f"{len(codes)} frames ({secs:.2f} s audio), {len(gens)} segment(s), stop={stops}, "
+               f"seed={gens[0].seed if gens else None}, "
                f"load {t1 - t0:.2f} s, synth {t2 - t1:.2f} s" + (f", RTF {(t2 - t1) / secs:.2f}" if secs else ""))
     if syn.md.manifest["source"].get("random_weights"):
         click.echo("NOTE: this model has random weights: its audio is noise, not speech.")

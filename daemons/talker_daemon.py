@@ -4,6 +4,7 @@ its audio to the client. One utterance generates at a time; others wait in a bou
 (round robin over clients); the vocoder of a finished utterance overlaps the next one's generation."""
 from __future__ import annotations
 
+import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
@@ -13,10 +14,11 @@ import zmq
 
 from . import protocol
 from .errors import TTSError
-from .generate import Generation, generate_frames
+from .generate import Generation, RunawayRules, generate_frames
 from .manifest import ModelDir
-from .prompt import Prompt, PromptBuilder
+from .prompt import PromptBuilder
 from .sampling import Sampler, SamplingParams
+from .segment import Segment, plan_segments
 from .service import Service
 from .talker import TalkerEngine
 
@@ -72,20 +74,29 @@ class RemotePredictor:
 class Request:
     id: str
     ident: bytes
-    prompt: Prompt
+    segments: list[Segment]
     params: SamplingParams
-    max_frames: int
     return_codes: bool
+    pause_samples: int
     accepted: float = field(default_factory=time.monotonic)
+    base_seed: int = 0
+    seg: int = -1                   # index of the segment being generated
     gen: Generation = field(default_factory=Generation)
+    results: list = field(default_factory=list)   # per finished segment: {index, frames, stop, seed}
     frames: list = field(default_factory=list)
     pending: list = field(default_factory=list)
+    seg_start: int = 0              # global frame index where the current segment started
+    text_end: int = 0               # global frame index from which its text queue is used up
+    silent_run: int = 0             # consecutive near-silent frames heard after text_end
+    audio_frames: int = 0           # frames whose audio came back
+    stop_silence: bool = False
     seq_sent: int = 0
     seq_done: int = 0
     last_voc: float = 0.0
     generator: object = None
     finished_generating: bool = False
     blocked_since: float | None = None
+    pause_pending: bool = False
 
 
 class TalkerDaemon(Service):
@@ -184,13 +195,24 @@ class TalkerDaemon(Service):
         max_frames = h.get("max_frames", self.limits.max_frames)
         if not isinstance(max_frames, int) or isinstance(max_frames, bool) or max_frames < 1:
             raise ValueError("max_frames must be a positive integer")
-        prompt = self.prompts.build(text, h.get("language", "auto"), non_streaming=bool(h.get("non_streaming")),
-                                    xvector=msg.arrays.get("xvector"))
-        room = self.engine.lm.n_ctx - len(prompt.prefill)
-        if room < 1:
-            raise ValueError("the prompt does not fit the talker context")
-        return Request(msg.id, ident, prompt, params, min(max_frames, self.limits.max_frames, room),
-                       bool(h.get("return_codes")))
+        L = self.limits
+        cap = min(max_frames, L.max_frames)
+        language, ns, xv = h.get("language", "auto"), bool(h.get("non_streaming")), msg.arrays.get("xvector")
+        if h.get("segment", True):
+            segments = plan_segments(self.prompts, text, language, max_frames=cap, non_streaming=ns, xvector=xv,
+                                     max_chars=L.segment_max_chars, cap_base=L.cap_base_frames,
+                                     cap_per_token=L.cap_frames_per_token)
+        else:
+            segments = [Segment(text, self.prompts.build(text, language, non_streaming=ns, xvector=xv), cap)]
+        for sg in segments:
+            room = self.engine.lm.n_ctx - len(sg.prompt.prefill)
+            if room < 1:
+                raise ValueError("a segment's prompt does not fit the talker context")
+            sg.cap = min(sg.cap, room)
+        pause_ms = h.get("pause_ms", L.pause_ms)
+        if not isinstance(pause_ms, int) or isinstance(pause_ms, bool) or not 0 <= pause_ms <= 5000:
+            raise ValueError("pause_ms must be an integer in 0..5000")
+        return Request(msg.id, ident, segments, params, bool(h.get("return_codes")), pause_ms * 24)
 
     def cancel(self, rid: str | None, why: str) -> None:
         for q in self.queues.values():
@@ -234,10 +256,25 @@ class TalkerDaemon(Service):
         return None
 
     def start(self, req: Request) -> None:
-        sampler = Sampler(req.params, self.md.talker["codec_vocab"], self.md.special["codec_eos"])
-        self.predictor.rid = req.id
-        req.generator = generate_frames(self.engine, self.predictor, req.prompt, sampler, req.max_frames, req.gen)
+        req.base_seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
         self.active = req
+        self.next_segment(req)
+
+    def next_segment(self, req: Request) -> None:
+        """Prefill the next segment's prompt; the vocoder stream (same id, next seq) carries on, so the
+        boundary has no seam."""
+        req.seg += 1
+        seg = req.segments[req.seg]
+        params = SamplingParams(**{**vars(req.params), "seed": (req.base_seed + req.seg) % (1 << 63)})
+        sampler = Sampler(params, self.md.talker["codec_vocab"], self.md.special["codec_eos"])
+        self.predictor.rid = req.id
+        req.gen = Generation()
+        req.seg_start = len(req.frames)
+        req.text_end = req.seg_start + len(seg.prompt.trailing)
+        req.silent_run = 0
+        req.stop_silence = False
+        runaway = RunawayRules(loop_frames=self.limits.loop_frames)
+        req.generator = generate_frames(self.engine, self.predictor, seg.prompt, sampler, seg.cap, req.gen, runaway)
 
     def chunk_size(self, req: Request) -> int:
         return self.limits.first_chunk_frames if req.seq_sent == 0 else self.limits.chunk_frames
@@ -264,25 +301,72 @@ class TalkerDaemon(Service):
             self.fail(req, e.code, e.message)
 
     def _step(self, req: Request) -> None:
-        try:
-            fr = next(req.generator)
-        except StopIteration:
+        if req.pause_pending:  # silence after the previous segment, in stream order
+            if req.pending:
+                self.send_frames(req)  # still waiting for a (re)connecting vocoder
+            elif self.send_pause(req):
+                req.pause_pending = False
+            return
+        fr = None
+        if req.stop_silence:
+            req.gen.stop = "runaway_silence"
+        else:
+            try:
+                fr = next(req.generator)
+            except StopIteration:
+                pass
+        if fr is None:
+            req.results.append({"index": req.seg, "frames": req.gen.frames, "stop": req.gen.stop,
+                                "seed": req.gen.seed, "chars": len(req.segments[req.seg].text)})
+            if req.pending:
+                self.send_frames(req)
+            if req.seg + 1 < len(req.segments):
+                req.pause_pending = req.pause_samples > 0
+                self.next_segment(req)
+                return
             req.finished_generating = True
             self.active = None
             self.draining[req.id] = req
-            if req.pending:
-                self.send_frames(req)
             self.maybe_done(req)
             return
         req.frames.append(fr)
         req.pending.append(fr)
         # a per-frame note to the client: also how a vanished client is noticed within one frame
-        if not self.send_client(req, protocol.encode("progress", id=req.id, frame=len(req.frames))):
+        if not self.send_client(req, protocol.encode("progress", id=req.id, frame=len(req.frames),
+                                                     segment=req.seg)):
             self.log.info("client of %s is gone: cancelling", req.id)
             self.forget(req)
             return
         if len(req.pending) >= self.chunk_size(req):
             self.send_frames(req)
+
+    def send_pause(self, req: Request) -> bool:
+        try:
+            self.voc.send_multipart(protocol.encode("pause", id=req.id, seq=req.seq_sent,
+                                                    samples=req.pause_samples), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            req.blocked_since = req.blocked_since or time.monotonic()
+            return False
+        req.blocked_since = None
+        req.seq_sent += 1
+        req.last_voc = time.monotonic()
+        return True
+
+    def hear(self, req: Request, pcm: np.ndarray) -> None:
+        """Near-silence runaway rule: count near-silent frames once the current segment's text is used up."""
+        L = self.limits
+        n = len(pcm) // 1920
+        if n == 0 or L.silence_frames <= 0:
+            return
+        rms = np.sqrt(np.mean(pcm[:n * 1920].reshape(n, 1920).astype(np.float64) ** 2, axis=1))
+        for i in range(n):
+            f = req.audio_frames + i
+            if f < max(req.text_end, req.seg_start):
+                continue
+            req.silent_run = req.silent_run + 1 if rms[i] < L.silence_rms else 0
+            if req.silent_run >= L.silence_frames and self.active is req:
+                req.stop_silence = True
+        req.audio_frames += n
 
     def on_vocoder(self, msg: protocol.Message) -> None:
         req = self.draining.get(msg.id) or (self.active if self.active and self.active.id == msg.id else None)
@@ -296,6 +380,9 @@ class TalkerDaemon(Service):
             return
         req.seq_done += 1
         req.last_voc = time.monotonic()
+        pcm = msg.arrays["pcm"]
+        if not msg.header.get("pause"):
+            self.hear(req, pcm)
         if not self.send_client(req, protocol.encode("audio", {"pcm": msg.arrays["pcm"]}, id=req.id,
                                                      seq=msg.header["seq"])):
             self.forget(req)
@@ -306,11 +393,14 @@ class TalkerDaemon(Service):
         if req.finished_generating and not req.pending and req.seq_done == req.seq_sent:
             arrays = {"codes": np.stack(req.frames) if req.frames else np.zeros((0, 16), np.int64)} \
                 if req.return_codes else None
+            stops = [r["stop"] for r in req.results]
             self.send_client(req, protocol.encode("done", arrays, id=req.id, frames=len(req.frames),
-                                                  stop=req.gen.stop, seed=req.gen.seed,
+                                                  stop="eos" if all(x == "eos" for x in stops) else
+                                                  next(x for x in stops if x != "eos"),
+                                                  seed=req.base_seed, segments=req.results,
                                                   random_weights=self.random_weights))
-            self.log.info("request %s done: %d frames, stop=%s, %.2f s", req.id, len(req.frames), req.gen.stop,
-                          time.monotonic() - req.accepted)
+            self.log.info("request %s done: %d frames in %d segment(s), stops %s, %.2f s", req.id,
+                          len(req.frames), len(req.results), ",".join(stops), time.monotonic() - req.accepted)
             self.forget(req)
 
     def check_timeouts(self) -> None:

@@ -31,29 +31,52 @@ class VocoderDaemon(WorkerService):
     def handle_close(self, ident: bytes, msg: protocol.Message) -> None:
         self.streams.pop(msg.id, None)
 
-    def handle_frames(self, ident: bytes, msg: protocol.Message) -> None:
+    def _stream_at(self, ident: bytes, msg: protocol.Message):
+        """The stream of `msg.id` if `msg.seq` is the next one expected (seq 0 opens a stream), else None
+        after answering `unknown_stream`: a restarted vocoder (or a lost chunk) must not continue a stream
+        from the wrong state."""
         rid, seq = msg.id, msg.header.get("seq")
         if rid is None or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-            self.reply(self.sock, ident, protocol.error(rid, "bad_request", "frames needs an id and a seq >= 0"))
-            return
+            self.reply(self.sock, ident, protocol.error(rid, "bad_request", f"{msg.type} needs an id and a seq >= 0"))
+            return None
         if seq == 0:
             self.streams[rid] = (self.engine.new_stream(), 0)
         entry = self.streams.get(rid)
         if entry is None or entry[1] != seq:
-            # a restarted vocoder (or a lost chunk) must not continue a stream from the wrong state
             self.reply(self.sock, ident, protocol.error(rid, "unknown_stream",
                                                         f"no stream state for {rid!r} at seq {seq}"))
             self.streams.pop(rid, None)
-            return
-        stream, _ = entry
-        try:
-            pcm = stream.decode(msg.arrays.get("codes"))
-        except (ValueError, TypeError) as e:
-            self.streams.pop(rid, None)
-            self.reply(self.sock, ident, protocol.error(rid, "bad_request", str(e)))
-            return
+            return None
+        return entry[0]
+
+    def _answer(self, ident: bytes, msg: protocol.Message, stream, pcm, **extra) -> None:
+        rid, seq = msg.id, msg.header["seq"]
         self.streams[rid] = (stream, seq + 1)
         self.streams.move_to_end(rid)
         while len(self.streams) > MAX_STREAMS:
             self.streams.popitem(last=False)
-        self.reply(self.sock, ident, protocol.encode("audio", {"pcm": pcm}, id=rid, seq=seq))
+        self.reply(self.sock, ident, protocol.encode("audio", {"pcm": pcm}, id=rid, seq=seq, **extra))
+
+    def handle_frames(self, ident: bytes, msg: protocol.Message) -> None:
+        stream = self._stream_at(ident, msg)
+        if stream is None:
+            return
+        try:
+            pcm = stream.decode(msg.arrays.get("codes"))
+        except (ValueError, TypeError) as e:
+            self.streams.pop(msg.id, None)
+            self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", str(e)))
+            return
+        self._answer(ident, msg, stream, pcm)
+
+    def handle_pause(self, ident: bytes, msg: protocol.Message) -> None:
+        """Silence between segments, in stream order; the decoder state is untouched (no seam)."""
+        n = msg.header.get("samples")
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10 * 24000:
+            self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", "samples must be 0..240000"))
+            return
+        stream = self._stream_at(ident, msg)
+        if stream is not None:
+            import numpy as np
+
+            self._answer(ident, msg, stream, np.zeros(n, dtype=np.float32), pause=True)

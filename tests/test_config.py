@@ -48,7 +48,7 @@ def test_defaults_without_any_file(home):
     assert cfg.roles == {r: RoleConfig(None, None) for r in C.ROLES}
     assert cfg.sampling == {}
     assert cfg.limits == Limits()
-    assert (cfg.limits.max_text_chars, cfg.limits.queue_size, cfg.limits.request_timeout_s) == (5000, 8, 600.0)
+    assert (cfg.limits.max_text_chars, cfg.limits.queue_size, cfg.limits.request_timeout_s) == (20000, 8, 600.0)
     assert (cfg.limits.predictor_timeout_s, cfg.limits.vocoder_timeout_s) == (5.0, 10.0)
     assert cfg.limits.max_message_bytes == 4 * 1024 * 1024
     assert (cfg.limits.chunk_frames, cfg.limits.first_chunk_frames, cfg.limits.max_frames) == (4, 2, 2048)

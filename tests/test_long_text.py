@@ -89,16 +89,12 @@ def test_segment_boundaries_have_no_seam(synth):
     assert snr_db(wav, stitched) >= 60
 
 
-@pytest.fixture(scope="module")
-def long_cluster(tiny_model, tmp_path_factory):
+def start_cluster(model, tmp, limits: str):
     from daemons.launcher import ROLES, Launcher
 
-    tmp = tmp_path_factory.mktemp("long")
     run = tmp / "run"
     cfg = tmp / "qwen3-tts.toml"
-    # small caps keep a 5,000-character request quick on the tiny model (whose random weights rarely end on EOS)
-    cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{run}"\n'
-                   "[limits]\ncap_base_frames = 4\ncap_frames_per_token = 0.5\npause_ms = 40\n")
+    cfg.write_text(f'model_dir = "{model}"\nruntime_dir = "{run}"\n[limits]\n{limits}')
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
     env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
     la = Launcher(run, env=env)
@@ -107,10 +103,43 @@ def long_cluster(tiny_model, tmp_path_factory):
     for r in ROLES:
         la.wait_ready(r, 120)
     la.endpoint = f"ipc://{run}/talker.sock"
-    yield la
+    return la
+
+
+def stop_cluster(la):
+    from daemons.launcher import ROLES
+
     for r in ROLES:
         la.stop(r)
     la.close()
+
+
+@pytest.fixture(scope="module")
+def long_cluster(tiny_model, tmp_path_factory):
+    # small caps keep a 5,000-character request quick on the tiny model (whose random weights rarely end on EOS)
+    la = start_cluster(tiny_model, tmp_path_factory.mktemp("long"),
+                       "cap_base_frames = 4\ncap_frames_per_token = 0.5\npause_ms = 40\n")
+    yield la
+    stop_cluster(la)
+
+
+def test_silence_rule_stops_after_the_text(tiny_model, tmp_path, synth):
+    """With every frame counted as near-silent, a segment stops a few frames after its text is used up."""
+    from client.api import TTSClient
+
+    la = start_cluster(tiny_model, tmp_path, "silence_rms = 10.0\nsilence_frames = 5\nloop_frames = 0\n")
+    try:
+        text = "A fairly long sentence to speak here. And a second one."
+        with TTSClient(la.endpoint, idle_timeout_s=60) as c:
+            r = c.synthesize(text, "english", pause_ms=0)
+        for seg, txt in zip(r.segments, split_text(text)):
+            n_tok = synth.prompts.build(txt, "english").n_text_tokens
+            assert seg["stop"] == "runaway_silence", seg
+            # text used up after n_tok frames (streaming text), then 5 silent frames; a few more may be
+            # generated while their audio is on its way back from the vocoder
+            assert n_tok + 5 <= seg["frames"] <= n_tok + 5 + 12, (seg, n_tok)
+    finally:
+        stop_cluster(la)
 
 
 @pytest.mark.parametrize("language, para", [("english", EN_PARA), ("chinese", ZH_PARA)])

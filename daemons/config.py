@@ -16,6 +16,7 @@ Environment variables override the file:
     QWEN3_TTS_{TALKER,PREDICTOR,VOCODER}_THREADS       a positive integer or "auto"
     QWEN3_TTS_SAMPLING_<KEY>                           e.g. QWEN3_TTS_SAMPLING_TEMPERATURE=0.7
     QWEN3_TTS_LIMITS_<KEY>                             e.g. QWEN3_TTS_LIMITS_QUEUE_SIZE=16
+    QWEN3_TTS_VOCODER_{BACKEND,NPU_CORE_MASK,RKNN_FILE} the vocoder backend (see VocoderBackend, docs/RKNN.md)
 
 The runtime directory (where the default ipc:// sockets live) is, first set wins:
 QWEN3_TTS_RUNTIME_DIR, `runtime_dir` in the file, $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=),
@@ -82,6 +83,26 @@ class Limits:
     silence_rms: float = 0.003        # "near-silent": frame RMS below this (about -50 dBFS)
 
 
+VOCODER_BACKENDS = ("auto", "onnx", "rknn")
+# RK3588 NPU cores; `npu_core_mask` names them like CPU lists ("0", "0-2", "1,2") or "auto"/"all".
+NPU_CORES = 3
+DEFAULT_RKNN_FILE = "vocoder.rknn"
+
+
+@dataclass
+class VocoderBackend:
+    """[vocoder] backend keys (next to cpus/threads). docs/RKNN.md has the details.
+
+    backend: "auto" = the RKNN NPU model when `rknn_file` exists and rknn-toolkit-lite2 + the NPU driver
+    load it, else onnxruntime (one log line says why); "rknn" = the same, but falling back is logged as
+    a warning; "onnx" = onnxruntime only.
+    npu_core_mask: "auto" (the driver picks an idle core), "all", or cores like "0", "0-1", "0,2".
+    rknn_file: the .rknn model, relative to the model directory unless absolute."""
+    backend: str = "auto"
+    npu_core_mask: str = "auto"
+    rknn_file: str = DEFAULT_RKNN_FILE
+
+
 # Sampling overrides accepted in [sampling] (names of daemons.sampling.SamplingParams fields):
 # name -> (kind, check, description of the allowed range)
 _SAMPLING_KEYS: dict[str, tuple[str, Any, str]] = {
@@ -109,6 +130,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     voices_dir: Path | None = None
     source: Path | None = None        # the TOML file that was read, None when none was found
+    vocoder_backend: VocoderBackend = field(default_factory=VocoderBackend)
 
     def endpoint(self, role: str) -> str:
         return self.endpoints[_check_role(role)]
@@ -259,6 +281,33 @@ def _limit_value(name: str, value: Any, where: str, from_env: bool) -> Any:
     return v
 
 
+def parse_npu_core_mask(value: Any, where: str) -> int | None:
+    """"auto" -> None (the runtime's NPU_CORE_AUTO); "all" -> every core; "0", "0-1", "0,2" -> a bit mask
+    (bit i = NPU core i, the values of rknnlite's NPU_CORE_* constants)."""
+    s = _as_str(value, where).strip().lower()
+    if s == "auto":
+        return None
+    if s == "all":
+        return (1 << NPU_CORES) - 1
+    cores = parse_cpus(s, where)
+    if not cores or max(cores) >= NPU_CORES:
+        raise ConfigError(f"{where}: bad NPU core list {value!r} (cores 0..{NPU_CORES - 1}, e.g. \"0\", \"0-2\", "
+                          f"\"auto\", \"all\")")
+    return sum(1 << c for c in cores)
+
+
+def _vocoder_backend_value(key: str, value: Any, where: str) -> str:
+    s = _as_str(value, where).strip()
+    if key == "backend":
+        s = s.lower()
+        if s not in VOCODER_BACKENDS:
+            raise ConfigError(f"{where}: expected one of {', '.join(VOCODER_BACKENDS)}, got {value!r}")
+    elif key == "npu_core_mask":
+        parse_npu_core_mask(s, where)
+        s = s.lower()
+    return s
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 def find_config_file(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
@@ -358,9 +407,10 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
                                                  f"endpoint of {role} (from runtime_dir {cfg.runtime_dir})")
 
     # --- roles
+    backend_keys = [f.name for f in fields(VocoderBackend)]
     for role in ROLES:
         t = _table(doc, role, src)
-        _unknown(t.keys(), ("cpus", "threads"), src, f"{role}.")
+        _unknown(t.keys(), ("cpus", "threads", *(backend_keys if role == "vocoder" else ())), src, f"{role}.")
         rc = RoleConfig()
         if "cpus" in t:
             rc.cpus = parse_cpus(t["cpus"], f"{src}: {role}.cpus")
@@ -373,6 +423,15 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         if var in env:
             rc.threads = _as_threads(env[var], var, True)
         cfg.roles[role] = rc
+
+    # --- vocoder backend ([vocoder] backend, npu_core_mask, rknn_file)
+    t = _table(doc, "vocoder", src)
+    for key in backend_keys:
+        var = f"QWEN3_TTS_VOCODER_{key.upper()}"
+        if env.get(var, "").strip():
+            setattr(cfg.vocoder_backend, key, _vocoder_backend_value(key, env[var], var))
+        elif key in t:
+            setattr(cfg.vocoder_backend, key, _vocoder_backend_value(key, t[key], f"{src}: vocoder.{key}"))
 
     # --- sampling
     t = _table(doc, "sampling", src)

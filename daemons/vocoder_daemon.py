@@ -6,7 +6,7 @@ from collections import OrderedDict
 from . import protocol
 from .manifest import ModelDir
 from .service import WorkerService
-from .vocoder import VocoderEngine
+from .vocoder_rknn import open_vocoder
 
 MAX_STREAMS = 32  # least recently used streams beyond this are dropped
 
@@ -16,7 +16,9 @@ class VocoderDaemon(WorkerService):
 
     def load(self) -> None:
         self.md = ModelDir(self.cfg.model_dir)
-        self.engine = VocoderEngine(self.md.file(self.md.vocoder["onnx"]), self.md.vocoder, threads=self.threads)
+        # [vocoder] backend: onnxruntime, or the RKNN NPU model with onnxruntime as the logged fallback
+        self.engine = open_vocoder(self.md.file(self.md.vocoder["onnx"]), self.md.vocoder, self.cfg.vocoder_backend,
+                                   threads=self.threads, model_dir=self.md.path, log=self.log)
         self.streams: OrderedDict[str, tuple] = OrderedDict()  # id -> (stream, next seq)
         self.sock = self.bind_router(self.cfg.endpoints["vocoder"])
 
@@ -27,6 +29,9 @@ class VocoderDaemon(WorkerService):
 
     def pong(self) -> dict:
         return {"streams": len(self.streams)}
+
+    def status_line(self) -> str:
+        return super().status_line() + f" backend={getattr(self.engine, 'backend', 'onnx')}"
 
     def handle_close(self, ident: bytes, msg: protocol.Message) -> None:
         self.streams.pop(msg.id, None)

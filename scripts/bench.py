@@ -109,6 +109,17 @@ def machine_info() -> dict:
     return info
 
 
+def git_info() -> dict:
+    def git(*cmd):
+        try:
+            return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    return {"head": git("rev-parse", "--short", "HEAD"), "subject": git("log", "-1", "--format=%s"),
+            "dirty": [l[3:] for l in (git("status", "--porcelain") or "").splitlines()]}
+
+
 def wait_for_idle(max_load: float, max_wait_s: float) -> dict:
     """Wait until the 1-minute load average is below `max_load` (other work on the machine skews every
     figure); gives up after `max_wait_s` and records that."""
@@ -286,6 +297,82 @@ def ensure_model(args, ckpt: Path) -> tuple[Path, bool]:
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     stamp_file.write_text(json.dumps(want, indent=2) + "\n")
     return md, False
+
+
+# --------------------------------------------------------------------------------------- CPU layout
+
+def role_overrides(args) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for spec, key in [(s, "cpus") for s in args.role_cpus] + [(s, "threads") for s in args.role_threads]:
+        role, _, val = spec.partition("=")
+        if role not in ROLES or not val:
+            sys.exit(f"error: expected ROLE=VALUE with ROLE in {', '.join(ROLES)}, got {spec!r}")
+        out.setdefault(role, {})[key] = val
+    return out
+
+
+def daemon_layout(args) -> dict:
+    """The CPUs and thread count each daemon will use (daemons.cpu's plan + the --role-* overrides)."""
+    from daemons.config import RoleConfig, parse_cpus
+    from daemons.cpu import detect_clusters, plan_cpus, thread_count
+
+    clusters = detect_clusters()
+    ov = role_overrides(args)
+    out = {}
+    for role in ROLES:
+        rc = RoleConfig()
+        if "cpus" in ov.get(role, {}):
+            rc.cpus = parse_cpus(ov[role]["cpus"], f"--role-cpus {role}")
+        if "threads" in ov.get(role, {}):
+            rc.threads = int(ov[role]["threads"])
+        cpus, reason = plan_cpus(role, rc, clusters)
+        out[role] = {"cpus": cpus, "threads": thread_count(cpus, rc), "reason": reason}
+    return out
+
+
+class pinned:
+    """Pin every thread of this process (llama.cpp/OpenMP/onnxruntime pools included) for a stage."""
+
+    def __init__(self, cpus):
+        self.cpus = list(cpus)
+
+    def __enter__(self):
+        from daemons.cpu import apply_affinity
+
+        self.before = sorted(os.sched_getaffinity(0))
+        apply_affinity(self.cpus)
+        return self
+
+    def __exit__(self, *exc):
+        from daemons.cpu import apply_affinity
+
+        apply_affinity(self.before)
+
+
+def run_stages(a, model_dir: Path, layout: dict) -> dict:
+    """talker -> predictor -> vocoder, each pinned to its daemon CPUs with the daemon's thread count."""
+    out = {}
+    fl = ForeignLoad()
+    lt, lp, lv = layout["talker"], layout["predictor"], layout["vocoder"]
+    with pinned(lt["cpus"]):
+        log(f"talker: {a.runs} x {a.frames} steps, {lt['threads']} threads on cpus {lt['cpus']}")
+        out["talker"], keep = bench_talker(model_dir, lt["threads"], a.frames, a.runs)
+        out["talker"]["cpus"] = lt["cpus"]
+    log(f"talker: {out['talker']['ms_per_step']} ms/step")
+    with pinned(lp["cpus"]):
+        log(f"predictor: {a.runs} x {a.frames} frames, {lp['threads']} threads on cpus {lp['cpus']}")
+        out["predictor"] = bench_predictor(model_dir, lp["threads"], a.frames, a.runs, keep)
+        out["predictor"]["cpus"] = lp["cpus"]
+    log(f"predictor: {out['predictor']['ms_per_frame']} ms/frame, profile {out['predictor']['profile']}")
+    with pinned(lv["cpus"]):
+        log(f"vocoder: {a.runs} x {a.frames} frames in chunks of {a.chunk_frames}, {lv['threads']} threads on "
+            f"cpus {lv['cpus']}")
+        out["vocoder"] = bench_vocoder(model_dir, lv["threads"], a.frames, a.runs, a.chunk_frames,
+                                       a.first_chunk_frames)
+        out["vocoder"]["cpus"] = lv["cpus"]
+    log(f"vocoder: {out['vocoder']['ms_per_frame']} ms/frame")
+    out["load"] = fl.done()
+    return out
 
 
 # --------------------------------------------------------------------------------------- stage benches
@@ -586,8 +673,6 @@ def _playback(arrivals: list, t_start: float) -> dict:
 
 
 def bench_daemons(args, model_dir: Path) -> dict:
-    import numpy as np
-
     from client.api import TTSClient
     from daemons.launcher import Launcher
 
@@ -600,13 +685,7 @@ def bench_daemons(args, model_dir: Path) -> dict:
              "[limits]", f"max_frames = {max(2048, args.frames, args.official_frames)}",
              f"chunk_frames = {args.chunk_frames}", f"first_chunk_frames = {args.first_chunk_frames}",
              "predictor_timeout_s = 60.0", "vocoder_timeout_s = 120.0", "request_timeout_s = 3600.0"]
-    roles_cfg: dict[str, dict] = {}
-    for spec, key in [(s, "cpus") for s in args.role_cpus] + [(s, "threads") for s in args.role_threads]:
-        role, _, val = spec.partition("=")
-        if role not in ROLES or not val:
-            sys.exit(f"error: expected ROLE=VALUE with ROLE in {', '.join(ROLES)}, got {spec!r}")
-        roles_cfg.setdefault(role, {})[key] = val
-    for role, kv in roles_cfg.items():
+    for role, kv in role_overrides(args).items():
         lines.append(f"\n[{role}]")
         if "cpus" in kv:
             lines.append(f'cpus = "{kv["cpus"]}"')
@@ -743,7 +822,7 @@ def official_worker(ckpt: str, frames: int, runs: int, threads: int) -> None:
         for run in range(runs):
             torch.manual_seed(run + 1)
             t0 = time.perf_counter()
-            codes, _ = m.model.generate(max_new_tokens=frames, **kw)
+            codes, _ = m.model.generate(max_new_tokens=frames + 1, **kw)  # yields `frames` frames
             t1 = time.perf_counter()
             wavs, sr = m.model.speech_tokenizer.decode([{"audio_codes": codes[0]}])
             t2 = time.perf_counter()
@@ -796,7 +875,7 @@ def summarise(res: dict) -> dict:
         ours = e2e["wall_ms_per_frame"] / 1e3
         s["speedup_vs_official"] = r1(off["s_per_frame"] / ours, 1)
         s["speedup_vs_official_same_frames"] = r1(off["s_per_frame"] / e2e["short"]["s_per_frame"], 1)
-        if "talker" in st and "predictor" in st:
+        if "talker" in st and "predictor" in st:  # the daemons' CPU layout
             gen = (st["talker"]["ms_per_step"] + st["predictor"]["ms_per_frame"]) / 1e3
             s["speedup_generation_only"] = r1(off["generate_s_per_frame"] / gen, 1)
     return s
@@ -815,22 +894,23 @@ def print_table(res: dict) -> None:
             met = "yes" if (value <= t if op == "<=" else value >= t) else "NO"
         rows.append((name, "-" if value is None else f"{value:g} {unit}".strip(), tgt, met, detail))
 
-    if "talker" in st:
-        t = st["talker"]
-        row("talker ms/step", t["ms_per_step"], "ms", "talker_ms_per_step",
-            f"decode {t['step_ms']} + sampling {t['sample_code0_ms']}; prefill {t['prefill_rows']} rows "
-            f"{t['prefill_ms']} ms; {t['threads']} thr")
-    if "predictor" in st:
-        p = st["predictor"]
-        pr = p["profile"]
-        row("code predictor ms/frame", p["ms_per_frame"], "ms", "predictor_ms_per_frame",
-            f"{pr['llama_decodes_per_frame']:g} decodes {pr['llama_decode_ms']} + heads/py {pr['heads_and_python_ms']}"
-            f" + sampling {pr['sampling_ms']}; {p['threads']} thr")
-    if "vocoder" in st:
-        v = st["vocoder"]
-        row("vocoder ms/frame", v["ms_per_frame"], "ms", "vocoder_ms_per_frame",
-            f"chunk {v['chunk_frames']}; first chunk ({v['first_chunk_frames']} fr) {v['first_chunk_ms']} ms; "
-            f"{v['threads']} thr")
+    for label, stg in (("", st), (" [whole machine]", res.get("stages_whole_machine") or {})):
+        if "talker" in stg:
+            t = stg["talker"]
+            row("talker ms/step" + label, t["ms_per_step"], "ms", "talker_ms_per_step",
+                f"decode {t['step_ms']} + code-0 sampling {t['sample_code0_ms']}; prefill {t['prefill_rows']} rows "
+                f"{t['prefill_ms']} ms; {t['threads']} thr on cpus {t['cpus']}")
+        if "predictor" in stg:
+            p = stg["predictor"]
+            pr = p["profile"]
+            row("code predictor ms/frame" + label, p["ms_per_frame"], "ms", "predictor_ms_per_frame",
+                f"{pr['llama_decodes_per_frame']:g} decodes {pr['llama_decode_ms']} + heads/py "
+                f"{pr['heads_and_python_ms']} + sampling {pr['sampling_ms']}; {p['threads']} thr on cpus {p['cpus']}")
+        if "vocoder" in stg:
+            v = stg["vocoder"]
+            row("vocoder ms/frame" + label, v["ms_per_frame"], "ms", "vocoder_ms_per_frame",
+                f"chunk {v['chunk_frames']}; first chunk ({v['first_chunk_frames']} fr) {v['first_chunk_ms']} ms; "
+                f"{v['threads']} thr on cpus {v['cpus']}")
     if e2e:
         row("end-to-end RTF(w/a)", e2e["rtf"], "", "e2e_rtf",
             f"daemons, streaming, {e2e['frames_per_run']} frames fixed (random weights), "
@@ -878,6 +958,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--skip-daemons", action="store_true")
+    ap.add_argument("--skip-whole-machine", action="store_true",
+                    help="stages only in the daemons' CPU layout, not again with all CPUs each")
     ap.add_argument("--threads", type=int, default=None, help="stage benches and official (default: all usable CPUs)")
     ap.add_argument("--chunk-frames", type=int, default=None, help="vocoder chunk (default: [limits] default)")
     ap.add_argument("--first-chunk-frames", type=int, default=None)
@@ -892,10 +974,12 @@ def main(argv=None) -> int:
     if a.official_worker:
         official_worker(a.official_worker, a.official_frames, a.runs, threads)
         return 0
-    # numpy's BLAS pool like the daemons' (pin_role sizes it before numpy is imported)
-    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(v, str(threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    layout = daemon_layout(a)
+    # numpy's BLAS pool sized like the predictor daemon's (pin_role sizes it before numpy is imported; it
+    # cannot change later, so the whole-machine pass uses it too: it only matters for the 15 head matvecs)
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[v] = str(layout["predictor"]["threads"])
     from daemons.config import Limits
 
     a.chunk_frames = a.chunk_frames or Limits().chunk_frames
@@ -904,7 +988,8 @@ def main(argv=None) -> int:
     t_all = time.monotonic()
     res: dict = {"args": vars(a), "command": " ".join([Path(sys.executable).name, "scripts/bench.py",
                                                        *(sys.argv[1:] if argv is None else argv)]),
-                 "random_weights": True, "machine": machine_info()}
+                 "random_weights": True, "machine": machine_info(), "git": git_info()}
+    res["daemon_layout"] = layout
     ckpt = ensure_checkpoint(a)
     ckpt, note = tokenizer_fixup(ckpt, Path(a.work))
     res["problems"] = [note] if note else []
@@ -920,18 +1005,13 @@ def main(argv=None) -> int:
     res["memory_bandwidth"] = memory_bandwidth_gbs()
     log(f"memory bandwidth: {res['memory_bandwidth']}")
     if not a.skip_stages:
-        st = res["stages"] = {}
-        fl = ForeignLoad()
-        log(f"talker: {a.runs} x {a.frames} steps, {threads} threads")
-        st["talker"], keep = bench_talker(model_dir, threads, a.frames, a.runs)
-        log(f"talker: {st['talker']['ms_per_step']} ms/step")
-        log(f"predictor: {a.runs} x {a.frames} frames")
-        st["predictor"] = bench_predictor(model_dir, threads, a.frames, a.runs, keep)
-        log(f"predictor: {st['predictor']['ms_per_frame']} ms/frame, profile {st['predictor']['profile']}")
-        log(f"vocoder: {a.runs} x {a.frames} frames in chunks of {a.chunk_frames}")
-        st["vocoder"] = bench_vocoder(model_dir, threads, a.frames, a.runs, a.chunk_frames, a.first_chunk_frames)
-        log(f"vocoder: {st['vocoder']['ms_per_frame']} ms/frame")
-        st["load"] = fl.done()
+        log(f"daemon CPU layout: {layout}")
+        res["stages"] = run_stages(a, model_dir, layout)
+        if not a.skip_whole_machine:
+            every = sorted(os.sched_getaffinity(0))
+            whole = {r: {"cpus": every, "threads": threads, "reason": "whole machine"} for r in ROLES}
+            log(f"stages again with the whole machine ({threads} threads each, alone)")
+            res["stages_whole_machine"] = run_stages(a, model_dir, whole)
     if not a.skip_daemons:
         log(f"daemons: {a.runs} x {a.frames} frames end to end (streaming)")
         res["e2e"] = bench_daemons(a, model_dir)

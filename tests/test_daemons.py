@@ -90,7 +90,7 @@ def test_kill_one_daemon_mid_request(cluster, victim, code):
     cluster.wait_ready(victim, 120)
     with client(cluster) as c:
         r = c.synthesize(TEXT, "english", max_frames=10)
-    assert r.frames == 10 and len(r.audio) == 10 * 1920
+    assert len(r.audio) == r.frames * 1920 and (r.frames == 10 or r.stop == "eos")
     assert cluster.procs["talker"].pid == talker_pid and cluster.procs["talker"].poll() is None
 
 

@@ -1,0 +1,211 @@
+"""Streaming vocoder on the RK3588 NPU (rknn-toolkit-lite2), and the vocoder backend selection.
+
+The `.rknn` model is the same stateful chunk step as `vocoder.onnx` (see `daemons/vocoder.py`), converted
+by `scripts/convert_rknn.py` with a FIXED chunk of N frames (RKNN graphs have static shapes). Its sidecar
+`<file>.rknn.json` records N, the precision and the tensor order.
+
+Chunks that are not a multiple of N: the stateful model must never be fed padding frames (padding
+would advance the KV cache, the position counter and every conv context), so a call of n frames runs
+the n // N full chunks on the NPU and the n % N remaining frames on onnxruntime (CPU) with the same
+`vocoder.onnx`, handing the state tensors over between the two. The API is exactly `VocoderStream`'s:
+n frames in, n * 1920 samples out, immediately (no buffering, no flush, no added latency); with the
+talker's steady chunk of 4 frames and N = 4 everything but the first chunk (2 frames) and the
+remainder of a sentence runs on the NPU. Both backends compute the same function, so the hand-over is
+seam-free up to the NPU's precision (measured in docs/RKNN.md).
+
+    engine = open_vocoder(model_dir, manifest["vocoder"], VocoderBackend(), threads=2, log=logger)
+    # -> RknnVocoderEngine when the NPU path works, else VocoderEngine (onnxruntime), one log line why
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import ModelError
+from .vocoder import SPEC_NAME, VocoderEngine, VocoderStream
+
+RKNN_META_SUFFIX = ".json"            # vocoder.rknn -> vocoder.rknn.json
+RKNN_META_FORMAT = "qwen3-tts-vocoder-rknn"
+RKNN_META_VERSION = 1
+
+
+class RknnUnavailable(RuntimeError):
+    """The NPU path cannot be used; `what` is "file", "runtime", "driver" or "model"."""
+
+    def __init__(self, what: str, message: str):
+        super().__init__(message)
+        self.what = what
+
+
+def rknn_meta_path(rknn_path: str | Path) -> Path:
+    p = Path(rknn_path)
+    return p.with_name(p.name + RKNN_META_SUFFIX)
+
+
+def read_rknn_meta(rknn_path: str | Path) -> dict:
+    p = Path(rknn_path)
+    if not p.is_file():
+        raise RknnUnavailable("file", f"no RKNN model at {p} (make one with scripts/convert_rknn.py)")
+    mp = rknn_meta_path(p)
+    try:
+        meta = json.loads(mp.read_text())
+    except (OSError, ValueError) as e:
+        raise RknnUnavailable("file", f"cannot read {mp} (written by scripts/convert_rknn.py): {e}") from None
+    if meta.get("format") != RKNN_META_FORMAT or meta.get("format_version") != RKNN_META_VERSION:
+        raise RknnUnavailable("file", f"{mp}: not a {RKNN_META_FORMAT} v{RKNN_META_VERSION} file")
+    return meta
+
+
+def _import_rknnlite():
+    try:
+        from rknnlite.api import RKNNLite  # rknn-toolkit-lite2: aarch64 boards only
+    except ImportError as e:
+        raise RknnUnavailable("runtime", f"rknn-toolkit-lite2 is not installed ({e}; it exists for aarch64 "
+                                         f"only, this is {platform.machine()})") from None
+    except Exception as e:  # noqa: BLE001 - a broken install (e.g. missing librknnrt.so) raises anything
+        raise RknnUnavailable("runtime", f"rknn-toolkit-lite2 cannot be imported: {e}") from None
+    return RKNNLite
+
+
+def _core_mask_value(RKNNLite, mask: int | None) -> int:
+    if mask is None:
+        return getattr(RKNNLite, "NPU_CORE_AUTO", 0)
+    return int(mask)
+
+
+class RknnVocoderEngine:
+    """Same interface as `VocoderEngine` (new_stream, validate, initial_state, decode_all, the spec numbers),
+    full chunks on the NPU, remainders on the onnxruntime engine `cpu` (which must use the same spec)."""
+
+    backend = "rknn"
+
+    def __init__(self, rknn_path: str | Path, cpu: VocoderEngine, *, core_mask: int | None = None):
+        self.path = Path(rknn_path)
+        meta = read_rknn_meta(self.path)
+        names = ["codes"] + [cpu.spec.get("state_input_prefix", "state_in_") + n for n in cpu.state_names]
+        if meta.get("inputs") != names:
+            raise RknnUnavailable("model", f"{self.path} was converted from another vocoder (its inputs do not "
+                                           f"match {SPEC_NAME}); re-run scripts/convert_rknn.py")
+        self.chunk = int(meta["chunk"])
+        if self.chunk < 1:
+            raise RknnUnavailable("model", f"{self.path}: bad chunk {self.chunk}")
+        self.meta = meta
+        self.precision = meta.get("precision")
+        self.cpu = cpu
+        RKNNLite = _import_rknnlite()
+        rk = RKNNLite(verbose=False)
+        if rk.load_rknn(str(self.path)) != 0:
+            raise RknnUnavailable("model", f"rknnlite cannot load {self.path}")
+        ret = rk.init_runtime(core_mask=_core_mask_value(RKNNLite, core_mask))
+        if ret != 0:
+            rk.release()
+            raise RknnUnavailable("driver", f"rknnlite init_runtime failed ({ret}): no RKNPU driver / "
+                                            f"librknnrt.so, or the NPU is busy")
+        self.rknn = rk
+        self.core_mask = core_mask
+        init = cpu.initial_state()
+        self._shapes = [s.shape for s in init]
+        self._dtypes = [s.dtype for s in init]
+
+    # --- the VocoderEngine interface, delegated to the onnxruntime engine's spec
+    spec = property(lambda self: self.cpu.spec)
+    num_quantizers = property(lambda self: self.cpu.num_quantizers)
+    codebook_size = property(lambda self: self.cpu.codebook_size)
+    samples_per_frame = property(lambda self: self.cpu.samples_per_frame)
+    sample_rate = property(lambda self: self.cpu.sample_rate)
+    state_names = property(lambda self: self.cpu.state_names)
+
+    def initial_state(self) -> list[np.ndarray]:
+        return self.cpu.initial_state()
+
+    def validate(self, codes) -> np.ndarray:
+        return self.cpu.validate(codes)
+
+    def new_stream(self) -> "RknnVocoderStream":
+        return RknnVocoderStream(self)
+
+    def decode_all(self, codes) -> np.ndarray:
+        return self.new_stream().decode(codes)
+
+    def _run_npu(self, codes: np.ndarray, states: list[np.ndarray]):
+        outs = self.rknn.inference(inputs=[codes, *states])
+        if outs is None or len(outs) != 1 + len(states):
+            raise RuntimeError(f"rknnlite inference returned {None if outs is None else len(outs)} outputs, "
+                               f"expected {1 + len(states)}")
+        new = [np.ascontiguousarray(np.asarray(o).reshape(shape), dtype=dt)
+               for o, shape, dt in zip(outs[1:], self._shapes, self._dtypes)]
+        return np.asarray(outs[0], dtype=np.float32).reshape(-1), new
+
+    def _run(self, codes: np.ndarray, states: list):
+        """n frames: n // chunk full chunks on the NPU, the rest on onnxruntime; numpy states in and out."""
+        states = [s.numpy() if hasattr(s, "numpy") and not isinstance(s, np.ndarray) else s for s in states]
+        pcm, n, k = [], codes.shape[0], self.chunk
+        full = n - n % k
+        for i in range(0, full, k):
+            w, states = self._run_npu(codes[i:i + k], states)
+            pcm.append(w)
+        if full < n:
+            w, ov = self.cpu._run(codes[full:], states)
+            states = [s.numpy() for s in ov]
+            pcm.append(w)
+        return (pcm[0] if len(pcm) == 1 else np.concatenate(pcm)), states
+
+    def close(self) -> None:
+        rk, self.rknn = getattr(self, "rknn", None), None
+        if rk is not None:
+            rk.release()
+
+
+class RknnVocoderStream(VocoderStream):
+    """`VocoderStream` over `RknnVocoderEngine` (state kept as numpy arrays)."""
+
+    def get_state(self) -> list[np.ndarray]:
+        return [np.array(s.numpy() if not isinstance(s, np.ndarray) else s, copy=True) for s in self._states]
+
+    def clone(self) -> "RknnVocoderStream":
+        other = RknnVocoderStream(self.engine)
+        other.set_state(self.get_state(), self.frames)
+        return other
+
+
+def open_vocoder(onnx_model: str | Path, state_spec: Mapping[str, Any] | str | Path | None = None,
+                 backend_cfg: Any = None, *, threads: int | None = None, model_dir: str | Path | None = None,
+                 log: logging.Logger | None = None):
+    """The vocoder engine for the configured backend (`daemons.config.VocoderBackend`; None = defaults).
+
+    backend "onnx": onnxruntime. "auto"/"rknn": `RknnVocoderEngine` when the .rknn file (relative to
+    `model_dir`, default the folder of `onnx_model`), rknn-toolkit-lite2 and the NPU driver all work,
+    else onnxruntime and exactly one log line saying why (info for "auto", warning for "rknn").
+    The onnxruntime engine is always built: it is the fallback and decodes the partial chunks."""
+    from .config import DEFAULT_RKNN_FILE, ConfigError, VocoderBackend, parse_npu_core_mask
+
+    log = log or logging.getLogger("qwen3_tts.vocoder")
+    b = backend_cfg if backend_cfg is not None else VocoderBackend()
+    cpu = VocoderEngine(onnx_model, state_spec, threads=threads)
+    if b.backend == "onnx":
+        log.info("vocoder backend: onnxruntime (backend = \"onnx\")")
+        return cpu
+    base = Path(model_dir) if model_dir is not None else Path(onnx_model).parent
+    if Path(onnx_model).is_dir() and model_dir is None:
+        base = Path(onnx_model)
+    rknn_path = Path(b.rknn_file or DEFAULT_RKNN_FILE)
+    if not rknn_path.is_absolute():
+        rknn_path = base / rknn_path
+    try:
+        mask = parse_npu_core_mask(b.npu_core_mask, "vocoder.npu_core_mask")
+        eng = RknnVocoderEngine(rknn_path, cpu, core_mask=mask)
+    except (RknnUnavailable, ConfigError, ModelError) as e:
+        what = getattr(e, "what", "config")
+        level = logging.WARNING if b.backend == "rknn" else logging.INFO
+        log.log(level, "vocoder backend: onnxruntime (RKNN %s unavailable: %s)", what, e)
+        cpu.fallback_reason = f"{what}: {e}"
+        return cpu
+    log.info("vocoder backend: rknn (%s, %s, chunk %d, npu_core_mask %s; partial chunks on onnxruntime)",
+             rknn_path, eng.precision, eng.chunk, b.npu_core_mask)
+    return eng
+

@@ -1,0 +1,215 @@
+"""RKNN vocoder: backend selection and fallback (runtime absent here), config keys, and the conversion +
+simulator accuracy with rknn-toolkit2 in its own venv (.venv-rknn, made by scripts/setup_rknn_env.sh)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemons.config import ConfigError, VocoderBackend, load_config, parse_npu_core_mask
+from daemons.vocoder import VocoderEngine
+from daemons.vocoder_rknn import RKNN_META_FORMAT, RKNN_META_VERSION, open_vocoder
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_PY = ROOT / ".venv-rknn" / "bin" / "python"
+SETUP_BUDGET_S = 240   # measured ~85 s here from scratch; a no-op when the stamp is current
+
+
+def _have_rknnlite() -> bool:
+    try:
+        import rknnlite.api  # noqa: F401  (only whether it imports)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+@pytest.fixture()
+def model(tiny_model, tmp_path) -> Path:
+    """A private copy of the tiny model's vocoder (tests add .rknn files to it)."""
+    d = tmp_path / "m"
+    d.mkdir()
+    for f in ("vocoder.onnx", "vocoder.json"):
+        shutil.copy(tiny_model / f, d / f)
+    return d
+
+
+def _records(caplog):
+    return [r for r in caplog.records if r.name == "test.vocoder"]
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+def test_config_defaults_and_keys(tmp_path):
+    cfg = load_config(env={"HOME": str(tmp_path)})
+    assert cfg.vocoder_backend == VocoderBackend("auto", "auto", "vocoder.rknn")
+    p = tmp_path / "c.toml"
+    p.write_text('[vocoder]\nthreads = 2\nbackend = "rknn"\nnpu_core_mask = "0-1"\nrknn_file = "/x/v.rknn"\n')
+    cfg = load_config(p, env={"HOME": str(tmp_path)})
+    assert cfg.vocoder_backend == VocoderBackend("rknn", "0-1", "/x/v.rknn") and cfg.roles["vocoder"].threads == 2
+    cfg = load_config(p, env={"HOME": str(tmp_path), "QWEN3_TTS_VOCODER_BACKEND": "ONNX",
+                              "QWEN3_TTS_VOCODER_NPU_CORE_MASK": "all"})
+    assert (cfg.vocoder_backend.backend, cfg.vocoder_backend.npu_core_mask) == ("onnx", "all")
+    assert json.loads(json.dumps(cfg.to_dict()))["vocoder_backend"]["backend"] == "onnx"
+
+
+@pytest.mark.parametrize("text, err", [
+    ('[vocoder]\nbackend = "npu"\n', r"vocoder\.backend: expected one of auto, onnx, rknn"),
+    ('[vocoder]\nnpu_core_mask = "3"\n', r"vocoder\.npu_core_mask: bad NPU core list"),
+    ('[vocoder]\nnpu_core_mask = 1\n', r"vocoder\.npu_core_mask: expected a non-empty string"),
+    ('[talker]\nbackend = "rknn"\n', r"unknown key talker\.backend"),
+])
+def test_config_errors(tmp_path, text, err):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=err):
+        load_config(p, env={"HOME": str(tmp_path)})
+
+
+def test_npu_core_mask_values():
+    # bit i = NPU core i (rknnlite's NPU_CORE_0 = 1, NPU_CORE_1 = 2, NPU_CORE_2 = 4, NPU_CORE_0_1_2 = 7)
+    assert [parse_npu_core_mask(v, "k") for v in ("auto", "0", "1", "2", "0-1", "0,2", "all", "0-2")] == \
+        [None, 1, 2, 4, 3, 5, 7, 7]
+
+
+# ------------------------------------------------------------------------------ selection and fallback
+
+def test_backend_onnx(model, caplog):
+    caplog.set_level(logging.INFO, "test.vocoder")
+    eng = open_vocoder(model / "vocoder.onnx", None, VocoderBackend(backend="onnx"), threads=1,
+                       log=logging.getLogger("test.vocoder"))
+    assert isinstance(eng, VocoderEngine) and eng.backend == "onnx"
+    recs = _records(caplog)
+    assert len(recs) == 1 and 'backend = "onnx"' in recs[0].getMessage()
+
+
+def test_auto_falls_back_when_the_rknn_file_is_missing(model, caplog):
+    caplog.set_level(logging.INFO, "test.vocoder")
+    eng = open_vocoder(model / "vocoder.onnx", None, VocoderBackend(), threads=1,
+                       log=logging.getLogger("test.vocoder"))
+    assert isinstance(eng, VocoderEngine) and eng.backend == "onnx"
+    recs = _records(caplog)
+    assert len(recs) == 1, [r.getMessage() for r in recs]          # one clear line, nothing else
+    msg = recs[0].getMessage()
+    assert recs[0].levelno == logging.INFO
+    assert "onnxruntime" in msg and "RKNN file unavailable" in msg and str(model / "vocoder.rknn") in msg
+    assert eng.fallback_reason.startswith("file:")
+    # the fallback is the plain onnxruntime vocoder: same audio as VocoderEngine
+    codes = np.random.default_rng(0).integers(0, eng.codebook_size, (6, eng.num_quantizers))
+    ref = VocoderEngine(model / "vocoder.onnx", threads=1).decode_all(codes)
+    np.testing.assert_array_equal(eng.decode_all(codes), ref)
+
+
+def _fake_converted(model: Path, name="vocoder.rknn") -> Path:
+    """A .rknn file + sidecar as scripts/convert_rknn.py writes them (the .rknn bytes are never read
+    unless rknn-toolkit-lite2 is installed)."""
+    spec = json.loads((model / "vocoder.json").read_text())
+    p = model / name
+    p.write_bytes(b"RKNN\0not-a-real-model")
+    p.with_name(p.name + ".json").write_text(json.dumps({
+        "format": RKNN_META_FORMAT, "format_version": RKNN_META_VERSION, "precision": "fp16", "chunk": 4,
+        "inputs": ["codes"] + ["state_in_" + s["name"] for s in spec["states"]]}))
+    return p
+
+
+@pytest.mark.skipif(_have_rknnlite(), reason="rknn-toolkit-lite2 is installed: the 'runtime missing' case "
+                                             "cannot happen on this machine")
+@pytest.mark.parametrize("backend, level", [("auto", logging.INFO), ("rknn", logging.WARNING)])
+def test_falls_back_when_the_runtime_is_missing(model, caplog, backend, level):
+    (model / "npu").mkdir()
+    rk = _fake_converted(model, "npu/v.rknn" if backend == "rknn" else "vocoder.rknn")
+    b = VocoderBackend(backend=backend, npu_core_mask="0",
+                       rknn_file="npu/v.rknn" if backend == "rknn" else "vocoder.rknn")
+    caplog.set_level(logging.INFO, "test.vocoder")
+    eng = open_vocoder(model / "vocoder.onnx", None, b, threads=1, model_dir=model,
+                       log=logging.getLogger("test.vocoder"))
+    assert rk.is_file() and isinstance(eng, VocoderEngine) and eng.backend == "onnx"
+    recs = _records(caplog)
+    assert len(recs) == 1 and recs[0].levelno == level
+    assert "RKNN runtime unavailable" in recs[0].getMessage() and "rknn-toolkit-lite2" in recs[0].getMessage()
+    assert eng.fallback_reason.startswith("runtime:")
+
+
+def test_stale_rknn_file_is_rejected(model, caplog):
+    """A .rknn converted from another vocoder (tensor list differs) is never used."""
+    p = _fake_converted(model)
+    meta = json.loads(p.with_name(p.name + ".json").read_text())
+    meta["inputs"] = meta["inputs"][:-1]
+    p.with_name(p.name + ".json").write_text(json.dumps(meta))
+    caplog.set_level(logging.INFO, "test.vocoder")
+    eng = open_vocoder(model, None, VocoderBackend(), threads=1, log=logging.getLogger("test.vocoder"))
+    assert eng.backend == "onnx" and eng.fallback_reason.startswith("model:")
+    assert len(_records(caplog)) == 1
+
+
+def test_daemon_configuration_selects_onnx_here(tiny_model, tmp_path):
+    """What the vocoder daemon's load() does, from the environment/config in a fresh process (no NPU
+    runtime here): onnxruntime, and exactly one log line saying why."""
+    env = dict(os.environ, QWEN3_TTS_MODEL_DIR=str(tiny_model), QWEN3_TTS_RUNTIME_DIR=str(tmp_path / "rt"),
+               QWEN3_TTS_VOCODER_CPUS="0", QWEN3_TTS_VOCODER_THREADS="1", HOME=str(tmp_path),
+               QWEN3_TTS_CONFIG="")
+    env.pop("QWEN3_TTS_CONFIG")
+    r = subprocess.run([sys.executable, "-c",
+                        "import logging, sys\n"
+                        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(name)s %(message)s')\n"
+                        "from daemons.config import load_config\n"
+                        "from daemons.vocoder_rknn import open_vocoder\n"
+                        "from daemons.manifest import ModelDir\n"
+                        "cfg = load_config(); md = ModelDir(cfg.model_dir)\n"
+                        "e = open_vocoder(md.file(md.vocoder['onnx']), md.vocoder, cfg.vocoder_backend, threads=1,"
+                        " model_dir=md.path, log=logging.getLogger('qwen3_tts.vocoder'))\n"
+                        "print('BACKEND', e.backend)\n"],
+                       cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("qwen3_tts.vocoder")]
+    assert len(lines) == 1 and "vocoder backend: onnxruntime (RKNN file unavailable" in lines[0]
+    assert "BACKEND onnx" in r.stdout
+
+
+# ------------------------------------------------------------------ conversion + simulator (x86_64 only)
+
+@pytest.fixture(scope="module")
+def rknn_python():
+    if platform.machine() != "x86_64" or sys.version_info[:2] != (3, 11):
+        pytest.skip("rknn-toolkit2 2.5.0 is used here through its x86_64 CPython 3.11 wheel only")
+    try:
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "setup_rknn_env.sh")], cwd=ROOT, capture_output=True,
+                           text=True, timeout=SETUP_BUDGET_S)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"scripts/setup_rknn_env.sh took over {SETUP_BUDGET_S} s (too slow for the test run)")
+    if r.returncode != 0:
+        pytest.skip("rknn-toolkit2 could not be installed/imported in .venv-rknn: "
+                    + (r.stderr.strip().splitlines() or ["?"])[-1])
+    return VENV_PY
+
+
+def _convert(py, model: Path, precision: str) -> dict:
+    out = model / f"vocoder-{precision}.rknn"
+    r = subprocess.run([str(py), str(ROOT / "scripts" / "convert_rknn.py"), str(model), "--precision", precision,
+                        "--chunk", "4", "--out", str(out), "--calib-chunks", "8", "--eval-chunks", "4"],
+                       cwd=model, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    meta = json.loads(Path(str(out) + ".json").read_text())
+    assert out.is_file() and meta["chunk"] == 4 and meta["precision"] == precision
+    print(f"\n{precision}: simulator SNR {meta['accuracy']['snr_db']} dB (closed loop), "
+          f"{meta['accuracy']['snr_db_step_mean']} dB per step")
+    return meta
+
+
+def test_convert_fp16_and_int8_in_the_simulator(rknn_python, model):
+    """Both convert and run in the simulator; the figures are reported (docs/RKNN.md). FP16 (the default
+    precision) must clearly beat INT8 and stay above a regression bar set below the measured 25.6 dB.
+    The issue's 30 dB target is NOT reached (open problem, see docs/RKNN.md)."""
+    fp16 = _convert(rknn_python, model, "fp16")["accuracy"]
+    int8 = _convert(rknn_python, model, "int8")["accuracy"]
+    assert np.isfinite(fp16["snr_db"]) and np.isfinite(int8["snr_db"])
+    assert fp16["snr_db"] > int8["snr_db"] + 3
+    assert fp16["snr_db"] >= 20.0

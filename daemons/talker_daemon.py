@@ -167,7 +167,8 @@ class TalkerDaemon(Service):
         except ValueError as e:
             self.send_client(ident, protocol.error(rid, "invalid_request", str(e)))
             return
-        if self.queued() >= self.limits.queue_size:
+        # an idle talker starts the first waiting request at once, so it does not take a queue place
+        if self.queued() >= self.limits.queue_size + (self.active is None):
             self.send_client(ident, protocol.error(rid, "busy", f"{self.queued()} requests are waiting; "
                                                                 "try again later"))
             return

@@ -68,6 +68,10 @@ class Notifier:
                 os.environ["NOTIFY_SOCKET"] = self._addr
                 try:
                     self._n = sdnotify.SystemdNotifier(debug=True)
+                    # Never let a slow or vanished listener block the serving loop: a datagram socket's
+                    # queue holds ~10 messages (net.unix.max_dgram_qlen) and a blocking send then waits
+                    # forever. A full queue now drops the message (logged once) instead.
+                    self._n.socket.setblocking(False)
                 except OSError as e:
                     log.warning("cannot connect to NOTIFY_SOCKET %s: %s; notifications disabled", self._addr, e)
                     self._addr = None

@@ -187,3 +187,24 @@ def test_watchdog_not_ours(notify_socket):
                       "WATCHDOG_PID": str(os.getpid() + 1)})
     assert n.enabled and n.watchdog_interval_s() is None and not n.watchdog()
     assert notify_socket.recv(0.05) is None
+
+
+def test_a_listener_that_never_reads_cannot_block_the_loop(tmp_path):
+    """A datagram socket queues only ~10 messages; a daemon must keep serving when nobody reads them."""
+    import socket as so
+
+    path = tmp_path / "deaf.sock"
+    deaf = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+    deaf.bind(str(path))
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from daemons.notify import Notifier\n"
+            "n = Notifier(); n.ready()\n"
+            "t = time.monotonic()\n"
+            "for i in range(500): n.status(f'loop {i}')\n"
+            "print(round(time.monotonic() - t, 3))\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", code, str(ROOT)], env={**os.environ, "NOTIFY_SOCKET": str(path)},
+                           capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0 and float(r.stdout) < 5, (r.stdout, r.stderr)
+        assert "sd_notify 'STATUS' failed" in r.stderr  # dropped, and said so once
+    finally:
+        deaf.close()

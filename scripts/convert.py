@@ -202,7 +202,10 @@ def convert(checkpoint_dir: str | Path, model_dir: str | Path, quant: str = "f32
              prefix="talker.code_predictor.model.", n_layers=cp["num_hidden_layers"], hidden=Dp,
              ffn=cp["intermediate_size"], heads=cp["num_attention_heads"], kv_heads=cp["num_key_value_heads"],
              head_dim=cp["head_dim"], rope_theta=cp["rope_theta"], eps=cp["rms_norm_eps"], ctx_len=64,
-             token_embd=dummy, output=dummy)
+             token_embd=dummy, output=dummy,
+             # the predictor's FFN intermediate reaches ~1.5e5 on the released weights (vendored llama.cpp
+             # converter note): past the f16 range, and an f16 matmul casts its input to f16
+             keep_f32=("ffn_down.weight",))
 
         # --- tables ---
         table_dtype = np.float32 if quant == "f32" else np.float16

@@ -27,10 +27,12 @@ QUANT_FTYPES = {"q8_0": 7, "q4_k_m": 15}  # LLAMA_FTYPE_MOSTLY_*
 
 def write_qwen3_gguf(path: Path, *, name: str, get, prefix: str, n_layers: int, hidden: int, ffn: int,
                      heads: int, kv_heads: int, head_dim: int, rope_theta: float, eps: float, ctx_len: int,
-                     token_embd: np.ndarray, output: np.ndarray, f16: bool) -> None:
+                     token_embd: np.ndarray, output: np.ndarray, f16: bool,
+                     keep_f32: tuple[str, ...] = ()) -> None:
     """`get(key)` returns the float32 numpy array of checkpoint tensor `key`; layers live under `prefix`.
     `token_embd`/`output` define the vocabulary (inputs are always embeddings, so token_embd only has to
-    exist; `output` is the head whose logits llama.cpp returns)."""
+    exist; `output` is the head whose logits llama.cpp returns). With `f16`, GGUF tensor names ending in
+    one of `keep_f32` stay float32."""
     import gguf
 
     w = gguf.GGUFWriter(str(path), "qwen3")
@@ -49,14 +51,14 @@ def write_qwen3_gguf(path: Path, *, name: str, get, prefix: str, n_layers: int, 
     w.add_tokenizer_model("none")  # no tokenizer: rows are fed as embeddings
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if f16 else gguf.LlamaFileType.ALL_F32)
 
-    def mat(a: np.ndarray) -> np.ndarray:
+    def mat(a: np.ndarray, name: str = "") -> np.ndarray:
         a = np.ascontiguousarray(a, dtype=np.float32)
-        return a.astype(np.float16) if (f16 and a.ndim == 2) else a
+        return a.astype(np.float16) if (f16 and a.ndim == 2 and not name.endswith(keep_f32 or ("\0",))) else a
 
     w.add_tensor("token_embd.weight", mat(token_embd))
     for i in range(n_layers):
         for hf, gg in LAYER_MAP.items():
-            w.add_tensor(f"blk.{i}.{gg}", mat(get(f"{prefix}layers.{i}.{hf}")))
+            w.add_tensor(f"blk.{i}.{gg}", mat(get(f"{prefix}layers.{i}.{hf}"), gg))
     w.add_tensor("output_norm.weight", mat(get(f"{prefix}norm.weight")))
     w.add_tensor("output.weight", mat(output))
     w.write_header_to_file()

@@ -234,11 +234,11 @@ def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0, eos_scal
     fast = Qwen2TokenizerFast(tokenizer_object=tok, unk_token=None, bos_token=None,
                               eos_token="<|im_end|>", pad_token="<|endoftext|>")
     fast.save_pretrained(str(out))
-    if size == "tiny":
-        ids = tok.encode("<|im_start|>assistant\n").ids
-        if len(ids) != 3:
-            raise RuntimeError(f"tiny tokenizer splits 'assistant': {ids}")
-        tts_cfg["assistant_token_id"] = ids[1]
+    # config.json must agree with its tokenizer (the released one: 77091); ours has its own id for it
+    ids = tok.encode("<|im_start|>assistant\n").ids
+    if len(ids) != 3:
+        raise RuntimeError(f"tokenizer splits 'assistant': {ids}")
+    tts_cfg["assistant_token_id"] = ids[1]
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -154,7 +154,10 @@ class ForeignLoad:
         return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(t, "softirq", 0)
 
     def _own(self) -> dict:
-        out = {}
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)  # children that ended (e.g. the official worker)
+        out = {"ended children": ru.ru_utime + ru.ru_stime}
         me = self.psutil.Process()
         for p in [me] + me.children(recursive=True):
             try:

@@ -10,10 +10,13 @@ audio, daemon memory, and the official `qwen-tts` implementation side by side in
    rarely emits EOS, so every generation runs a fixed number of frames (`--frames`).
 2. Model: converted at `--quant` (talker and predictor; the vocoder is always fp32 ONNX) into
    `<work>/model-<quant>`, reused while its manifest and source stamp match.
-3. Stages, in this process, one at a time (each has the whole machine): talker ms/step after a realistic
-   prefill (the ~20-row non-streaming prompt of a 10-word sentence), code predictor ms/frame (with a
+3. Stages, in this process, one at a time: talker ms/step after a realistic prefill (the non-streaming
+   prompt of a 10-word sentence, ~20 rows with the released tokenizer), code predictor ms/frame (with a
    profile: llama.cpp decodes, numpy heads, sampling), vocoder ms per frame of audio at the streaming
-   chunk size.
+   chunk size. First pinned to the CPUs and thread counts the daemons use (daemons.cpu.plan_cpus and the
+   --role-* overrides), then again with the whole machine for each stage (--skip-whole-machine skips it).
+   Before measuring, the bench waits for a 1-minute load average below --max-load (up to --max-wait s)
+   and records the CPU time other processes used during each section ("foreign_cores").
 4. End to end: the three daemons started by `daemons.launcher.Launcher` (sd_notify readiness) with a TOML
    config, one client request per run in streaming mode; RTF(w/a) = wall / audio seconds, time to first
    audio, playback stalls, peak RSS of every daemon (psutil, sampled) and their total.
@@ -235,8 +238,9 @@ def ensure_checkpoint(args) -> Path:
 
 
 def tokenizer_fixup(ckpt: Path, work: Path) -> tuple[Path, str | None]:
-    """`make_checkpoint.py --size full` keeps the released `assistant_token_id` (77091) in config.json while
-    its synthetic BPE tokenizer encodes "assistant" as another id, which `convert.py` rightly rejects.
+    """Full-size checkpoints made by `make_checkpoint.py` before 21358d3 keep the released
+    `assistant_token_id` (77091) in config.json while their synthetic BPE tokenizer encodes "assistant" as
+    another id, which `convert.py` rightly rejects.
     For a random-weight checkpoint, use a symlink overlay whose config.json carries the tokenizer's id
     (the official code never reads that key; the checkpoint itself is left untouched)."""
     from tokenizers import Tokenizer

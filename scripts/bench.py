@@ -478,27 +478,20 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
     acc = {"decode": 0.0, "decode_calls": 0, "sample": 0.0, "embed_sum": 0.0}
     orig_decode, orig_sample, orig_fe = eng.lm.decode, predmod.sample_sub, predmod.frame_embeddings
 
-    def decode(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return orig_decode(*a, **k)
-        finally:
-            acc["decode"] += time.perf_counter() - t0
-            acc["decode_calls"] += 1
+    def timed(fn, key, count=None):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                acc[key] += time.perf_counter() - t0
+                if count:
+                    acc[count] += 1
+        return wrapper
 
-    def sample(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return orig_sample(*a, **k)
-        finally:
-            acc["sample"] += time.perf_counter() - t0
-
-    def fe(*a, **k):
-        t0 = time.perf_counter()
-        try:
-            return orig_fe(*a, **k)
-        finally:
-            acc["embed_sum"] += time.perf_counter() - t0
+    decode = timed(orig_decode, "decode", "decode_calls")
+    sample = timed(orig_sample, "sample")
+    fe = timed(orig_fe, "embed_sum")
 
     eng.lm.decode, predmod.sample_sub, predmod.frame_embeddings = decode, sample, fe
     try:

@@ -14,7 +14,7 @@ from .sampling import Sampler, SamplingParams
 class Talker(Protocol):
     capacity: int
 
-    def prefill(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def prefill(self, rows: np.ndarray, fixed: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
 
     def step(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -67,7 +67,7 @@ def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sample
     gen.seed = sampler.seed
     if max_frames < 1:
         raise ValueError("max_frames must be >= 1")
-    hidden, logits = talker.prefill(prompt.prefill)
+    hidden, logits = talker.prefill(prompt.prefill, prompt.n_fixed)
     history = gen.code0_history
     for step in range(max_frames):
         c0 = sampler.code0(logits, history)

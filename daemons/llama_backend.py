@@ -128,6 +128,27 @@ class EmbeddingLM:
             logits = np.ctypeslib.as_array(lg, shape=(self.n_vocab,)).copy()
         return hidden, logits
 
+    def save_seq(self) -> bytes:
+        """The KV cache of the sequence (positions 0..pos-1) as llama.cpp's sequence state blob."""
+        n = L.llama_state_seq_get_size(self.ctx, 0)
+        buf = (ctypes.c_uint8 * n)()
+        got = L.llama_state_seq_get_data(self.ctx, buf, n, 0)
+        if got != n:
+            raise RuntimeError(f"llama_state_seq_get_data wrote {got} of {n} bytes")
+        return bytes(buf)
+
+    def load_seq(self, data: bytes, pos: int) -> bool:
+        """Replace the sequence by a blob from `save_seq` holding `pos` rows; False if llama.cpp refuses it
+        (the sequence is then empty)."""
+        self.reset()
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if L.llama_state_seq_set_data(self.ctx, buf, len(data), 0) != len(data) \
+                or L.llama_memory_seq_pos_max(self._mem, 0) != pos - 1:
+            self.reset()
+            return False
+        self.pos = pos
+        return True
+
     def close(self) -> None:
         if getattr(self, "ctx", None):
             L.llama_batch_free(self._batch)

@@ -23,6 +23,7 @@ class Prompt:
     trailing: np.ndarray  # [R, hidden] text rows added to the first R generated frames
     pad: np.ndarray       # [hidden] tts_pad row added after the trailing text is used up
     n_text_tokens: int
+    n_fixed: int = 0      # leading prefill rows that do not depend on the text (cacheable per voice)
 
     def text_row(self, step: int) -> np.ndarray:
         return self.trailing[step] if step < len(self.trailing) else self.pad
@@ -109,6 +110,7 @@ class PromptBuilder:
         n = Q.shape[0]
         head_text = np.concatenate([np.repeat(pad[None], n - 2, axis=0), bos[None]], axis=0)
         rows = [self.T(ids[:3]), head_text + Q[:-1]]
+        fixed = 3 + n - 1  # the head depends on the language and the voice only
 
         if ref_codes is not None:
             if ref_text is None:
@@ -123,6 +125,8 @@ class PromptBuilder:
             X = np.concatenate([self.T(ref_ids + text_ids), eos[None]], axis=0)
             Y = np.concatenate([self.C([sp["codec_bos"]]),
                                 frame_embeddings(self.codec, self.pred_tables, ref_codes)], axis=0)
+            # the rows that carry only reference text (and reference frames) are fixed too
+            fixed += len(ref_ids) if non_streaming else min(len(ref_ids), len(Y))
             if non_streaming:
                 rows += [X + self.C([sp["codec_pad"]] * len(X)), Y + pad]
                 trailing = pad[None]
@@ -142,4 +146,4 @@ class PromptBuilder:
             trailing = np.concatenate([self.T(text_ids[1:]), eos[None]], axis=0)
         prefill = np.ascontiguousarray(np.concatenate(rows, axis=0), dtype=np.float32)
         return Prompt(prefill=prefill, trailing=np.ascontiguousarray(trailing, dtype=np.float32),
-                      pad=pad, n_text_tokens=len(text_ids))
+                      pad=pad, n_text_tokens=len(text_ids), n_fixed=min(fixed, len(prefill) - 1))

@@ -100,10 +100,11 @@ class Segment:
 
 
 def plan_segments(prompts, text: str, language: str, *, max_frames: int, non_streaming: bool = False,
-                  xvector=None, max_chars: int = 300, cap_base: int = 25, cap_per_token: float = 6.0,
-                  ) -> list[Segment]:
+                  xvector=None, ref_codes=None, ref_text: str | None = None, max_chars: int = 300,
+                  cap_base: int = 25, cap_per_token: float = 6.0) -> list[Segment]:
     """Split and build every segment's prompt up front, so bad input fails before any audio is made.
-    Each segment's cap derives from its token count (`generate.frame_cap`), never above `max_frames`."""
+    Each segment's cap derives from its token count (`generate.frame_cap`), never above `max_frames`.
+    An in-context voice (`ref_codes` + `ref_text`) goes into every segment's prompt."""
     from .errors import InvalidText
     from .generate import frame_cap
 
@@ -113,6 +114,7 @@ def plan_segments(prompts, text: str, language: str, *, max_frames: int, non_str
         raise InvalidText("text is empty")
     segs = []
     for part in parts:
-        p = prompts.build(part, language, non_streaming=non_streaming, xvector=xvector)
+        p = prompts.build(part, language, non_streaming=non_streaming, xvector=xvector, ref_codes=ref_codes,
+                          ref_text=ref_text)
         segs.append(Segment(part, p, max(1, min(max_frames, frame_cap(p.n_text_tokens, cap_base, cap_per_token)))))
     return segs

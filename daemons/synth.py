@@ -24,6 +24,7 @@ from .prompt import PromptBuilder
 from .sampling import Sampler, SamplingParams
 from .segment import Segment, plan_segments
 from .talker import TalkerEngine
+from .voice import Voice
 
 DEFAULT_MAX_FRAMES = 2048  # 164 s of audio; the official wrapper's default max_new_tokens
 
@@ -36,11 +37,12 @@ def default_threads() -> int:
 
 
 class Synthesizer:
-    def __init__(self, model_dir, threads: int | None = None, n_ctx: int = 4096, vocoder: bool = True):
+    def __init__(self, model_dir, threads: int | None = None, n_ctx: int = 4096, vocoder: bool = True,
+                 prefix_cache: bool = True):
         threads = threads or default_threads()
         self.md = ModelDir(model_dir)
         self.prompts = PromptBuilder(self.md)
-        self.talker = TalkerEngine(self.md, threads=threads, n_ctx=n_ctx)
+        self.talker = TalkerEngine(self.md, threads=threads, n_ctx=n_ctx, prefix_cache=prefix_cache)
         self.predictor = PredictorEngine(self.md, threads=threads)
         self.vocoder = None
         if vocoder:
@@ -53,7 +55,10 @@ class Synthesizer:
 
     def frames(self, text: str, language: str = "auto", *, params: SamplingParams | None = None,
                max_frames: int | None = None, non_streaming: bool = False, xvector=None, ref_codes=None,
-               ref_text: str | None = None, gen: Generation | None = None) -> Iterator[np.ndarray]:
+               ref_text: str | None = None, gen: Generation | None = None, voice: Voice | None = None,
+               ) -> Iterator[np.ndarray]:
+        if voice is not None:
+            xvector, ref_codes, ref_text = voice.xvector, voice.ref_codes, voice.ref_text
         prompt = self.prompts.build(text, language, non_streaming=non_streaming, xvector=xvector,
                                     ref_codes=ref_codes, ref_text=ref_text)
         room = self.talker.lm.n_ctx - len(prompt.prefill)
@@ -67,22 +72,29 @@ class Synthesizer:
     def synthesize(self, text: str, language: str = "auto", *, chunk_frames: int = 4,
                    params: SamplingParams | None = None, max_frames: int | None = None,
                    non_streaming: bool = False, xvector=None, ref_codes=None, ref_text: str | None = None,
-                   segment: bool = True, pause_ms: int = 0, runaway: RunawayRules | None = None):
+                   segment: bool = True, pause_ms: int = 0, runaway: RunawayRules | None = None,
+                   voice: Voice | None = None):
         """Returns (codes [n,16] int64, audio float32, [Generation per segment]). Long text is split into
         sentences (one prompt each, frame caps from their length); the vocoder stream runs across segment
         boundaries, so they have no seams; `pause_ms` of silence is put between segments. Audio is vocoded
-        in chunks as frames arrive, exactly as a streaming consumer would."""
+        in chunks as frames arrive, exactly as a streaming consumer would. With an in-context voice the
+        vocoder first decodes the reference codes as left context (their audio is dropped), like the
+        official decode-and-cut, so the first audio is already in the cloned voice."""
+        if voice is not None:
+            xvector, ref_codes, ref_text = voice.xvector, voice.ref_codes, voice.ref_text
         params = params or self.sampling()
         cap = min(max_frames or DEFAULT_MAX_FRAMES, self.talker.lm.n_ctx)
-        if ref_codes is not None or not segment:
+        if not segment:
             p = self.prompts.build(text, language, non_streaming=non_streaming, xvector=xvector,
                                    ref_codes=ref_codes, ref_text=ref_text)
             segments = [Segment(text, p, cap)]
         else:
             segments = plan_segments(self.prompts, text, language, max_frames=cap, non_streaming=non_streaming,
-                                     xvector=xvector)
+                                     xvector=xvector, ref_codes=ref_codes, ref_text=ref_text)
         base_seed = params.seed if params.seed is not None else secrets.randbits(63)
         stream = self.vocoder.new_stream() if self.vocoder else None
+        if stream is not None and ref_codes is not None:
+            stream.decode(ref_codes)  # left context only: its audio is the reference, cut exactly
         codes, audio, gens = [], [], []
         pause = np.zeros(int(SAMPLE_RATE * pause_ms / 1000), dtype=np.float32)
         for i, seg in enumerate(segments):
@@ -123,13 +135,15 @@ class Synthesizer:
 @click.option("--max-frames", type=click.IntRange(1), default=None, help=f"cap (default {DEFAULT_MAX_FRAMES})")
 @click.option("--non-streaming-text", is_flag=True, help="whole text in the prompt instead of one token per frame")
 @click.option("--xvector", type=click.Path(dir_okay=False, exists=True), help="speaker x-vector (.npy)")
+@click.option("--voice", type=click.Path(dir_okay=False, exists=True),
+              help="voice file from `tts-client encode-voice` (in-context when it has a transcript)")
 @click.option("--codes-out", type=click.Path(dir_okay=False), help="write int64 [frames, 16] codes (.npy)")
 @click.option("--wav-out", type=click.Path(dir_okay=False), help="write 24 kHz audio (.wav)")
 @click.option("--chunk-frames", type=click.IntRange(1), default=4, show_default=True,
               help="vocoder chunk size in frames")
 @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all usable)")
-def main(model_dir, text, language, greedy, seed, max_frames, non_streaming_text, xvector, codes_out, wav_out,
-         chunk_frames, threads):
+def main(model_dir, text, language, greedy, seed, max_frames, non_streaming_text, xvector, voice, codes_out,
+         wav_out, chunk_frames, threads):
     t0 = time.perf_counter()
     try:
         syn = Synthesizer(model_dir, threads=threads, vocoder=wav_out is not None)
@@ -137,10 +151,13 @@ def main(model_dir, text, language, greedy, seed, max_frames, non_streaming_text
         if greedy:
             params.do_sample = params.sub_do_sample = False
         xv = np.load(xvector) if xvector else None
+        v = Voice.load(voice, syn.md.talker["hidden_size"]) if voice else None
+        if v is not None and language == "auto":
+            language = v.language
         t1 = time.perf_counter()
         codes, wav, gens = syn.synthesize(text, language, params=params, max_frames=max_frames,
                                           non_streaming=non_streaming_text, xvector=xv, chunk_frames=chunk_frames,
-                                          runaway=RunawayRules())
+                                          runaway=RunawayRules(), voice=v)
     except (TTSError, ValueError) as e:
         click.echo(f"error: {getattr(e, 'message', e)}", err=True)
         sys.exit(2)

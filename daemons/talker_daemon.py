@@ -21,6 +21,7 @@ from .sampling import Sampler, SamplingParams
 from .segment import Segment, plan_segments
 from .service import Service
 from .talker import TalkerEngine
+from .voice import Voice, find_voice
 
 CLIENT_PARAMS = {"do_sample": bool, "temperature": float, "top_k": int, "top_p": float,
                  "repetition_penalty": float, "sub_do_sample": bool, "sub_temperature": float,
@@ -97,6 +98,7 @@ class Request:
     finished_generating: bool = False
     blocked_since: float | None = None
     pause_pending: bool = False
+    context: np.ndarray | None = None  # in-context voice: reference codes, the vocoder's left context
 
 
 class TalkerDaemon(Service):
@@ -199,12 +201,19 @@ class TalkerDaemon(Service):
         L = self.limits
         cap = min(max_frames, L.max_frames)
         language, ns, xv = h.get("language", "auto"), bool(h.get("non_streaming")), msg.arrays.get("xvector")
+        ref_codes = ref_text = None
+        voice = self.request_voice(h.get("voice"), h.get("voice_mode"))
+        if voice is not None:
+            xv, ref_codes, ref_text = voice.xvector, voice.ref_codes, voice.ref_text
+            if language in (None, "", "auto"):
+                language = voice.language
         if h.get("segment", True):
             segments = plan_segments(self.prompts, text, language, max_frames=cap, non_streaming=ns, xvector=xv,
-                                     max_chars=L.segment_max_chars, cap_base=L.cap_base_frames,
-                                     cap_per_token=L.cap_frames_per_token)
+                                     ref_codes=ref_codes, ref_text=ref_text, max_chars=L.segment_max_chars,
+                                     cap_base=L.cap_base_frames, cap_per_token=L.cap_frames_per_token)
         else:
-            segments = [Segment(text, self.prompts.build(text, language, non_streaming=ns, xvector=xv), cap)]
+            segments = [Segment(text, self.prompts.build(text, language, non_streaming=ns, xvector=xv,
+                                                         ref_codes=ref_codes, ref_text=ref_text), cap)]
         for sg in segments:
             room = self.engine.lm.n_ctx - len(sg.prompt.prefill)
             if room < 1:
@@ -213,7 +222,26 @@ class TalkerDaemon(Service):
         pause_ms = h.get("pause_ms", L.pause_ms)
         if not isinstance(pause_ms, int) or isinstance(pause_ms, bool) or not 0 <= pause_ms <= 5000:
             raise ValueError("pause_ms must be an integer in 0..5000")
-        return Request(msg.id, ident, segments, params, bool(h.get("return_codes")), pause_ms * 24)
+        return Request(msg.id, ident, segments, params, bool(h.get("return_codes")), pause_ms * 24,
+                       context=ref_codes)
+
+    def request_voice(self, spec, mode) -> Voice | None:
+        """`voice`: a name from the voices directory, or a whole voice file (JSON object) sent inline.
+        `voice_mode` "xvector" uses only the speaker embedding of an in-context voice."""
+        if spec is None:
+            return None
+        hidden = self.md.talker["hidden_size"]
+        if isinstance(spec, str):
+            voice = find_voice(spec, self.cfg.voices_dir, hidden)
+        elif isinstance(spec, dict):
+            voice = Voice.from_json(spec, "voice", hidden)
+        else:
+            raise ValueError("voice must be a voice name or a voice file object")
+        if mode not in (None, "auto", "icl", "xvector"):
+            raise ValueError("voice_mode must be one of auto, icl, xvector")
+        if mode == "icl" and voice.mode != "icl":
+            raise ValueError("voice_mode icl needs a voice with reference codes and a transcript")
+        return voice.as_xvector_only() if mode == "xvector" else voice
 
     def cancel(self, rid: str | None, why: str) -> None:
         for q in self.queues.values():
@@ -284,8 +312,8 @@ class TalkerDaemon(Service):
         """Hand the pending frames to the vocoder; while it is not connected (restarting) they wait, and
         `check_timeouts` turns a long wait into `vocoder_unavailable`."""
         try:
-            self.voc.send_multipart(protocol.encode("frames", {"codes": np.stack(req.pending)}, id=req.id,
-                                                    seq=req.seq_sent), flags=zmq.NOBLOCK, copy=False)
+            self.voc.send_multipart(protocol.encode("frames", self.first_arrays(req, {"codes": np.stack(req.pending)}),
+                                                    id=req.id, seq=req.seq_sent), flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             req.blocked_since = req.blocked_since or time.monotonic()
             return
@@ -293,6 +321,13 @@ class TalkerDaemon(Service):
         req.blocked_since = None
         req.seq_sent += 1
         req.last_voc = time.monotonic()
+
+    @staticmethod
+    def first_arrays(req: Request, arrays: dict) -> dict | None:
+        """The message that opens a vocoder stream carries the in-context reference codes as left context."""
+        if req.seq_sent == 0 and req.context is not None:
+            arrays = {**arrays, "context": np.asarray(req.context, dtype=np.int64)}
+        return arrays or None
 
     def step_active(self) -> None:
         req = self.active
@@ -343,8 +378,8 @@ class TalkerDaemon(Service):
 
     def send_pause(self, req: Request) -> bool:
         try:
-            self.voc.send_multipart(protocol.encode("pause", id=req.id, seq=req.seq_sent,
-                                                    samples=req.pause_samples), flags=zmq.NOBLOCK)
+            self.voc.send_multipart(protocol.encode("pause", self.first_arrays(req, {}), id=req.id,
+                                                    seq=req.seq_sent, samples=req.pause_samples), flags=zmq.NOBLOCK)
         except zmq.Again:
             req.blocked_since = req.blocked_since or time.monotonic()
             return False

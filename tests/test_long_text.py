@@ -89,12 +89,12 @@ def test_segment_boundaries_have_no_seam(synth):
     assert snr_db(wav, stitched) >= 60
 
 
-def start_cluster(model, tmp, limits: str):
+def start_cluster(model, tmp, limits: str, top: str = ""):
     from daemons.launcher import ROLES, Launcher
 
     run = tmp / "run"
     cfg = tmp / "qwen3-tts.toml"
-    cfg.write_text(f'model_dir = "{model}"\nruntime_dir = "{run}"\n[limits]\n{limits}')
+    cfg.write_text(f'model_dir = "{model}"\nruntime_dir = "{run}"\n{top}[limits]\n{limits}')
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
     env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
     la = Launcher(run, env=env)

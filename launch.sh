@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bash launch.sh "text" [--language L] [-o output.wav] [--voice x.npy] [--seed N]
+# bash launch.sh "text" [--language L] [-o output.wav] [--voice voice.json|NAME|x.npy] [--seed N]
 #   single shot: sets up if needed, starts the three daemons unless already running, waits until they
 #   are ready, synthesizes to output.wav, stops what it started.
 # bash launch.sh --daemon       start the daemons and leave them running

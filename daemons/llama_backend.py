@@ -49,7 +49,7 @@ def _backend_init() -> None:
 class EmbeddingLM:
     """One llama.cpp model + context with a single sequence (id 0) and an explicit position counter."""
 
-    def __init__(self, gguf_path: str | Path, n_ctx: int, threads: int, max_batch: int = 512):
+    def __init__(self, gguf_path: str | Path, n_ctx: int, threads: int, max_batch: int = 512, kv_type: str = "f32"):
         _backend_init()
         path = Path(gguf_path)
         if not path.is_file():
@@ -71,8 +71,10 @@ class EmbeddingLM:
         cp.embeddings = True  # post-norm hidden states of output rows (pooling NONE)
         cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
         cp.flash_attn_type = 0  # disabled: with an F32 KV cache this matches the reference to ~1e-6
-        cp.type_k = L.GGML_TYPE_F32
-        cp.type_v = L.GGML_TYPE_F32
+        if kv_type not in ("f32", "f16"):
+            raise ValueError(f"kv_type must be f32 or f16, got {kv_type!r}")
+        cp.type_k = cp.type_v = L.GGML_TYPE_F32 if kv_type == "f32" else L.GGML_TYPE_F16
+        self.kv_type = kv_type
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:

@@ -23,7 +23,7 @@ from .predictor import PredictorEngine
 from .prompt import PromptBuilder
 from .sampling import Sampler, SamplingParams
 from .segment import Segment, plan_segments
-from .talker import TalkerEngine
+from .talker import DEFAULT_N_CTX, TalkerEngine
 from .voice import Voice
 
 DEFAULT_MAX_FRAMES = 2048  # 164 s of audio; the official wrapper's default max_new_tokens
@@ -37,7 +37,7 @@ def default_threads() -> int:
 
 
 class Synthesizer:
-    def __init__(self, model_dir, threads: int | None = None, n_ctx: int = 4096, vocoder: bool = True,
+    def __init__(self, model_dir, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX, vocoder: bool = True,
                  prefix_cache: bool = True):
         threads = threads or default_threads()
         self.md = ModelDir(model_dir)

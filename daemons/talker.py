@@ -10,17 +10,30 @@ from .manifest import ModelDir
 from .prefix_cache import PrefixCache
 
 
+# One segment = prompt (text, or a 30 s in-context reference: ~400 rows) + its frame cap (a 300-character
+# sentence: ~25 + 6 x 100 tokens); 2048 positions leave room for both. At full size the KV cache costs
+# 28 layers x 2 x 1024 x 2048 = 224 MiB in f16 (4096 in f32 was 896 MiB).
+DEFAULT_N_CTX = 2048
+
+
+def kv_type_for(md: ModelDir) -> str:
+    """f32 KV for the f32 reference conversion (greedy parity with the official model to ~1e-6);
+    f16, llama.cpp's default, for the quantized models that are approximations anyway."""
+    return "f32" if md.manifest.get("quant") == "f32" else "f16"
+
+
 class TalkerEngine:
-    def __init__(self, md: ModelDir, threads: int, n_ctx: int = 4096, prefix_cache: bool = True,
-                 cache_dir=None, cache_bytes: int = 256 << 20):
+    def __init__(self, md: ModelDir, threads: int, n_ctx: int = DEFAULT_N_CTX, prefix_cache: bool = True,
+                 cache_dir=None, cache_bytes: int = 256 << 20, kv_type: str | None = None):
         self.md = md
         gguf = md.talker["gguf"]
-        self.lm = EmbeddingLM(md.file(gguf), n_ctx=n_ctx, threads=threads)
+        kv_type = kv_type or kv_type_for(md)
+        self.lm = EmbeddingLM(md.file(gguf), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
         self.codec_vocab = md.talker["codec_vocab"]
         if self.lm.n_vocab != self.codec_vocab or self.lm.n_embd != md.talker["hidden_size"]:
             raise ValueError(f"talker GGUF ({self.lm.n_vocab} x {self.lm.n_embd}) does not match the manifest")
         # the state blob is only valid for this exact model and KV layout
-        ns = f"{md.manifest['files'].get(gguf, gguf)}:kv-f32"
+        ns = f"{md.manifest['files'].get(gguf, gguf)}:kv-{kv_type}"
         self.cache = PrefixCache(ns, cache_bytes, cache_dir) if prefix_cache else None
         self.prefill_rows = 0  # rows actually run through the model by prefill()
 

@@ -107,7 +107,7 @@ class TalkerDaemon(Service):
     def load(self) -> None:
         self.md = ModelDir(self.cfg.model_dir)
         self.prompts = PromptBuilder(self.md)
-        self.engine = TalkerEngine(self.md, threads=self.threads, n_ctx=4096)
+        self.engine = TalkerEngine(self.md, threads=self.threads)
         self.defaults = SamplingParams.from_generation_config(self.md.generation, **{
             k: v for k, v in self.cfg.sampling.items() if k in CLIENT_PARAMS})
         self.front = self.bind_router(self.cfg.endpoints["talker"])

@@ -395,7 +395,7 @@ def bench_talker(model_dir: Path, threads: int, steps: int, runs: int) -> tuple[
     md = ModelDir(model_dir)
     pb = PromptBuilder(md)
     prompt = pb.build(TEXT, LANGUAGE, non_streaming=True)  # the whole sentence in the prefill: ~20 rows
-    eng = TalkerEngine(md, threads=threads, n_ctx=4096)
+    eng = TalkerEngine(md, threads=threads)
     rng = np.random.default_rng(0)
     cb = md.predictor["codebook_size"]
     feedback = frame_embeddings(md.codec_embedding, md.predictor_embeddings,

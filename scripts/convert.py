@@ -5,7 +5,8 @@
 
 Writes: talker.gguf (`qwen3`, 3072-row codec vocabulary, codec_head as output), predictor.gguf (the 5
 predictor layers only), text_embeddings.npy (text_projection(text_embedding), memory-mapped),
-codec/predictor embedding tables and heads (.npy), the streaming vocoder (ONNX), tokenizer.json and
+codec/predictor embedding tables and heads (.npy), the streaming vocoder (ONNX), the voice-cloning encoders
+(ONNX: speech-tokenizer encoder, speaker encoder; scripts/export_encoders.py), tokenizer.json and
 manifest.json (dimensions, special ids, languages, file hashes, converter version). Deterministic.
 """
 from __future__ import annotations
@@ -239,6 +240,13 @@ def convert(checkpoint_dir: str | Path, model_dir: str | Path, quant: str = "f32
         voc = export_vocoder(ckpt, out)
         files += voc["files"]
 
+        # --- voice cloning: reference-audio encoders (speech tokenizer encoder, speaker encoder) ---
+        from scripts.export_encoders import export_encoders
+
+        log("voice encoders: ONNX export")
+        enc = export_encoders(ckpt, out, log=log)
+        files += enc["files"]
+
         gen = {}
         if (ckpt / "generation_config.json").is_file():
             gen = json.loads((ckpt / "generation_config.json").read_text())
@@ -260,6 +268,7 @@ def convert(checkpoint_dir: str | Path, model_dir: str | Path, quant: str = "f32
             "languages": {k.lower(): v for k, v in sorted(t["codec_language_id"].items())},
             "generation": {k: gen[k] for k in sorted(gen)},
             "vocoder": {k: v for k, v in voc.items() if k != "files"},
+            "voice": {k: v for k, v in enc.items() if k != "files"},
             "files": {f: _sha256(out / f) for f in sorted(files)},
         }
         (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -207,6 +207,40 @@ def randomize_(module, gen, gain: float) -> None:
                 p.fill_(0.3)
 
 
+def init_encoder_codebooks_(st, gen, seconds: float = 4.0) -> None:
+    """The speech-tokenizer *encoder*'s codebooks (Mimi `embed_sum`, `cluster_usage`) are buffers, which
+    `randomize_` (parameters only) leaves at their init: all-zero codebooks, so every code would be 0.
+    Set them the way a k-means init from data would: run the encoder on a random chirp + noise and draw
+    each level's entries from that level's residuals (+ noise); cluster_usage in [0.5, 2.5]. Draws from
+    `gen` after everything else, so no other weight changes."""
+    import torch
+
+    mimi = st.encoder
+    sr = int(st.config.input_sample_rate)
+    n = int(seconds * sr)
+    t = torch.arange(n, dtype=torch.float64) / sr
+    f0 = 100 + 300 * torch.rand(1, generator=gen, dtype=torch.float64)
+    wav = 0.3 * torch.sin(2 * math.pi * (f0 * t + 250 * t * t)) + 0.05 * torch.randn(n, generator=gen,
+                                                                                          dtype=torch.float64)
+    with torch.no_grad():
+        h = mimi.encoder(wav.float()[None, None])
+        h = mimi.encoder_transformer(h.transpose(1, 2), return_dict=True).last_hidden_state.transpose(1, 2)
+        h = mimi.downsample(h)
+        q = mimi.quantizer
+        for rvq in (q.semantic_residual_vector_quantizer, q.acoustic_residual_vector_quantizer):
+            r = rvq.input_proj(h)[0].t() if rvq.input_proj is not None else h[0].t()  # [N, D]
+            for layer in rvq.layers:
+                cb = layer.codebook
+                k, d = cb.embed_sum.shape
+                idx = torch.randint(0, r.shape[0], (k,), generator=gen)
+                e = r[idx] + 0.3 * r.std() * torch.randn(k, d, generator=gen)
+                usage = torch.rand(k, generator=gen) * 2 + 0.5
+                cb.embed_sum.copy_(e * usage[:, None])
+                cb.cluster_usage.copy_(usage)
+                cb._embed = None
+                r = r - e[torch.cdist(r[None], e[None])[0].argmin(-1)]
+
+
 def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0, eos_scale: float = 0.25) -> Path:
     """`eos_scale` shrinks the codec-head row of EOS: with random weights and a 32-code tiny codebook EOS
     would otherwise win every ~30 frames, too early for long comparisons (1.0 keeps the plain init)."""
@@ -261,6 +295,7 @@ def make_checkpoint(out: str | Path, size: str = "tiny", seed: int = 0, eos_scal
         # vocoder errors: scale the last conv so the waveform is unclipped (rms ~0.3).
         for p in st.decoder.decoder[-1].parameters():
             p.mul_(1 / 50)
+    init_encoder_codebooks_(st, gen)  # last use of `gen`: every weight drawn above is unchanged
     st.save_pretrained(str(st_dir), safe_serialization=True)
     (st_dir / "config.json").write_text(json.dumps(st_cfg, indent=2) + "\n")
     EncodecFeatureExtractor(feature_size=1, sampling_rate=24000, padding_side="right", padding_value=0.0,

@@ -103,8 +103,10 @@ def _build_speech_encoder_module(tok):
                 # torch.cdist's "mm" form: [e, 1, |e|^2] against [-2x, |x|^2, 1]
                 aug = [torch.cat([e, torch.ones_like(e[:, :1]), e.pow(2).sum(-1, keepdim=True)], -1).t()
                        for e in embeds]
-            self.register_buffer("embed", torch.stack(embeds).contiguous())  # [n_q, K, D]
+            # one table per codebook, [D+2, K]: rows 0..D-1 are the entries themselves (gathered for the
+            # residual update), row D is ones, row D+1 is |e|^2
             self.register_buffer("embed_aug_t", torch.stack(aug).contiguous())  # [n_q, D+2, K]
+            self.dim = int(embeds[0].shape[1])
             a0 = self.tfm[0].self_attn
             self.n_heads, self.n_kv, self.head_dim = a0.num_heads, a0.num_key_value_heads, a0.head_dim
             self.scaling = float(a0.scaling)
@@ -156,7 +158,9 @@ def _build_speech_encoder_module(tok):
                 xa = torch.cat([x * -2.0, x.pow(2).sum(-1, keepdim=True), torch.ones_like(x[:, :1])], -1)
                 d = torch.matmul(xa, self.embed_aug_t[i]).clamp_min(0).sqrt()  # [N, K]
                 idx = torch.argmin(d, dim=-1)
-                x = x - self.embed[i].index_select(0, idx)
+                # gather whole columns, then drop the 2 extra rows (slicing the table first would be
+                # constant-folded into a second copy of every codebook)
+                x = x - self.embed_aug_t[i].index_select(1, idx)[: self.dim].t()
                 codes.append(idx)
 
         def forward(self, wav):

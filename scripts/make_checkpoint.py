@@ -207,12 +207,14 @@ def randomize_(module, gen, gain: float) -> None:
                 p.fill_(0.3)
 
 
-def init_encoder_codebooks_(st, gen, seconds: float = 4.0) -> None:
+def init_encoder_codebooks_(st, gen, seconds: float = 4.0, alpha: float = 0.25) -> None:
     """The speech-tokenizer *encoder*'s codebooks (Mimi `embed_sum`, `cluster_usage`) are buffers, which
     `randomize_` (parameters only) leaves at their init: all-zero codebooks, so every code would be 0.
-    Set them the way a k-means init from data would: run the encoder on a random chirp + noise and draw
-    each level's entries from that level's residuals (+ noise); cluster_usage in [0.5, 2.5]. Draws from
-    `gen` after everything else, so no other weight changes."""
+    Give them Gaussian entries at the scale of the data: run the encoder on a random chirp + noise and, level
+    by level, draw entries with `alpha` x the rms of that level's residual (the residual then shrinks a few
+    per cent per level and the nearest-code margins stay far above float noise at every level, as for trained
+    codebooks); cluster_usage in [0.5, 2.5]. Draws from `gen` after everything else, so no other weight
+    changes."""
     import torch
 
     mimi = st.encoder
@@ -232,8 +234,7 @@ def init_encoder_codebooks_(st, gen, seconds: float = 4.0) -> None:
             for layer in rvq.layers:
                 cb = layer.codebook
                 k, d = cb.embed_sum.shape
-                idx = torch.randint(0, r.shape[0], (k,), generator=gen)
-                e = r[idx] + 0.3 * r.std() * torch.randn(k, d, generator=gen)
+                e = alpha * r.pow(2).mean().sqrt() * torch.randn(k, d, generator=gen)
                 usage = torch.rand(k, generator=gen) * 2 + 0.5
                 cb.embed_sum.copy_(e * usage[:, None])
                 cb.cluster_usage.copy_(usage)

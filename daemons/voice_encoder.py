@@ -179,6 +179,9 @@ class VoiceEncoder:
         so.inter_op_num_threads = 1
         so.intra_op_num_threads = self.threads
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # no memory arena: activations scale with the reference length (full size: ~35 MiB per second of
+        # audio in the 24 kHz conv stages) and an arena would keep the peak for the life of the process
+        so.enable_cpu_mem_arena = False
         try:
             return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types

@@ -395,8 +395,9 @@ def export_encoders(ckpt: str | Path, out: str | Path, log=print, *, opset: int 
 
 
 def _verify(tok, spk, out: Path, spec: dict, seed: int) -> dict:
-    """Cheap self-check on a 2.3 s chirp + noise: onnxruntime codes == official codes, x-vector cosine
-    >= 0.9999. Raises RuntimeError otherwise."""
+    """Cheap self-check on a 2.3 s chirp + noise: onnxruntime codes vs the official encode (>= 99 % identical;
+    exactly identical on the random checkpoints tested), x-vector cosine on a random log-mel >= 0.9999.
+    Raises RuntimeError otherwise."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -413,17 +414,23 @@ def _verify(tok, spk, out: Path, spec: dict, seed: int) -> dict:
     so.intra_op_num_threads = min(2, os.cpu_count() or 1)
     s1 = ort.InferenceSession(str(out / SPEECH_ONNX), so, providers=["CPUExecutionProvider"])
     got = s1.run(None, {"wav": wav})[0]
-    res = {"samples": n, "frames": int(got.shape[0]), "codes_equal": bool(got.shape == ref.shape and
-                                                                          np.array_equal(got, ref))}
+    if got.shape != ref.shape:
+        raise RuntimeError(f"voice encoder export self-check failed: codes {got.shape}, official {ref.shape}")
+    same = float(np.mean(got == ref))
+    res = {"samples": n, "frames": int(got.shape[0]), "codes_equal": bool(same == 1.0),
+           "codes_identical_fraction": round(same, 4)}
     g2 = np.random.default_rng(seed + 3)
     mel = (g2.standard_normal((1, 93, spec["speaker_encoder"]["mel_dim"])) - 4.0).astype(np.float32)
     with torch.no_grad():
         xr = spk(torch.from_numpy(mel))[0].numpy()
     s2 = ort.InferenceSession(str(out / SPEAKER_ONNX), so, providers=["CPUExecutionProvider"])
     xg = s2.run(None, {"mel": mel})[0]
-    cos = float(np.dot(xr, xg) / (np.linalg.norm(xr) * np.linalg.norm(xg) + 1e-30))
+    xr, xg = xr.astype(np.float64), xg.astype(np.float64)
+    cos = float(np.dot(xr, xg) / (np.linalg.norm(xr) * np.linalg.norm(xg) + 1e-300))
     res["xvector_cosine"] = round(cos, 7)
-    if not res["codes_equal"] or cos < 0.9999:
+    # codes: a nearest-code search flips on an exact near-tie when the float rounding differs (onnxruntime
+    # vs torch kernels), so one odd code is tolerated here; a real export error changes most of them
+    if same < 0.99 or cos < 0.9999:
         raise RuntimeError(f"voice encoder export self-check failed: {res}")
     return res
 

@@ -80,6 +80,11 @@ def _build_speech_encoder_module(tok):
     if strides != hop:
         raise ValueError(f"encoder strides multiply to {strides}, encode_downsample_rate is {hop}")
 
+    for name, m in mimi.named_modules():
+        if isinstance(m, MimiConv1d) and m.pad_mode not in ("constant", "replicate"):
+            raise ValueError(f"speech encoder conv {name}: pad_mode {m.pad_mode!r} is not supported "
+                             "(constant or replicate)")
+
     def conv_spec(m: MimiConv1d) -> tuple:
         return (int(m.padding_total), m.pad_mode, int(m.conv.stride[0]))
 

@@ -138,8 +138,9 @@ def encode_voice(model_dir, audio, ref_text: str | None = None, language: str = 
             wav = wav.mean(axis=-1).astype(np.float32)
         raw = wav.tobytes() + str(sr).encode()
     else:
-        raw = audio if isinstance(audio, (bytes, bytearray)) else _read_bytes(audio)
-        wav, sr = load_audio(bytes(raw))
+        is_bytes = isinstance(audio, (bytes, bytearray))
+        raw = audio if is_bytes else _read_bytes(audio)
+        wav, sr = load_audio(bytes(raw) if is_bytes else audio)  # a path: errors name the file
     if ref_text is not None:
         ref_text = PromptBuilder.check_text(ref_text, "reference text")
     if language and language.strip().lower() != "auto" and language.strip().lower() not in md.languages:

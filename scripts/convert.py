@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from daemons.manifest import FORMAT, FORMAT_VERSION  # noqa: E402
 
-CONVERTER_VERSION = "0.1.0"
+CONVERTER_VERSION = "0.2.0"  # 0.2: voice-cloning encoders
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 REPO_ID = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 

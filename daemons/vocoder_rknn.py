@@ -1,8 +1,14 @@
 """Streaming vocoder on the RK3588 NPU (rknn-toolkit-lite2), and the vocoder backend selection.
 
-The `.rknn` model is the same stateful chunk step as `vocoder.onnx` (see `daemons/vocoder.py`), converted
-by `scripts/convert_rknn.py` with a FIXED chunk of N frames (RKNN graphs have static shapes). Its sidecar
-`<file>.rknn.json` records N, the precision and the tensor order.
+`scripts/convert_rknn.py` converts the stateful chunk step `vocoder.onnx` (see `daemons/vocoder.py`) with a
+FIXED chunk of N frames (RKNN graphs have static shapes). Its sidecar `<file>.rknn.json` records N, the
+precision, the graph layout and the tensor order. Two layouts:
+
+  "split" (sidecar format_version 2, the default): the position-dependent head (RVQ, transformer with
+          its KV cache and RoPE, upsampling) runs on onnxruntime FP32 from `<file>.rknn.head.onnx`;
+          only the conv decoder (latent + its states -> wav) is on the NPU. The head is a few % of the
+          FLOPs; in float16/int16 on the NPU it cost 3-7 dB and collapsed at long positions (docs/RKNN.md).
+  "full"  (format_version 1): the whole chunk step on the NPU (codes + all states -> wav + states).
 
 Chunks that are not a multiple of N: the stateful model must never be fed padding frames (padding
 would advance the KV cache, the position counter and every conv context), so a call of n frames runs
@@ -31,7 +37,9 @@ from .vocoder import SPEC_NAME, VocoderEngine, VocoderStream
 
 RKNN_META_SUFFIX = ".json"            # vocoder.rknn -> vocoder.rknn.json
 RKNN_META_FORMAT = "qwen3-tts-vocoder-rknn"
-RKNN_META_VERSION = 1
+RKNN_META_VERSION = 2                 # 2: "graph" = "split" | "full"; version 1 files are "full"
+RKNN_META_VERSIONS = (1, 2)
+LATENT = "latent"                     # = scripts.rknn_graph.LATENT, the NPU tail's first input
 
 
 class RknnUnavailable(RuntimeError):
@@ -56,8 +64,10 @@ def read_rknn_meta(rknn_path: str | Path) -> dict:
         meta = json.loads(mp.read_text())
     except (OSError, ValueError) as e:
         raise RknnUnavailable("file", f"cannot read {mp} (written by scripts/convert_rknn.py): {e}") from None
-    if meta.get("format") != RKNN_META_FORMAT or meta.get("format_version") != RKNN_META_VERSION:
-        raise RknnUnavailable("file", f"{mp}: not a {RKNN_META_FORMAT} v{RKNN_META_VERSION} file")
+    if meta.get("format") != RKNN_META_FORMAT or meta.get("format_version") not in RKNN_META_VERSIONS:
+        raise RknnUnavailable("file", f"{mp}: not a {RKNN_META_FORMAT} v{'/v'.join(map(str, RKNN_META_VERSIONS))} "
+                                      f"file")
+    meta.setdefault("graph", "full")
     return meta
 
 
@@ -80,15 +90,35 @@ def _core_mask_value(RKNNLite, mask: int | None) -> int:
 
 class RknnVocoderEngine:
     """Same interface as `VocoderEngine` (new_stream, validate, initial_state, decode_all, the spec numbers),
-    full chunks on the NPU, remainders on the onnxruntime engine `cpu` (which must use the same spec)."""
+    full chunks on the NPU, remainders on the onnxruntime engine `cpu` (which must use the same spec).
+
+    `runtime`: an initialised object with rknn's `inference(inputs=..., data_format=...)` (scripts/
+    convert_rknn.py passes rknn-toolkit2's simulator here to measure this very code path); None = load
+    the .rknn file with rknn-toolkit-lite2 on the NPU (`core_mask`). `threads`: onnxruntime threads of
+    the split layout's head session (None = onnxruntime's default)."""
 
     backend = "rknn"
 
-    def __init__(self, rknn_path: str | Path, cpu: VocoderEngine, *, core_mask: int | None = None):
+    def __init__(self, rknn_path: str | Path, cpu: VocoderEngine, *, core_mask: int | None = None,
+                 runtime: Any = None, threads: int | None = None):
         self.path = Path(rknn_path)
         meta = read_rknn_meta(self.path)
-        names = ["codes"] + [cpu.spec.get("state_input_prefix", "state_in_") + n for n in cpu.state_names]
-        if meta.get("inputs") != names:
+        pin = cpu.spec.get("state_input_prefix", "state_in_")
+        names = list(cpu.state_names)
+        self.graph = meta["graph"]
+        if self.graph == "full":
+            npu_states = names
+            expect = ["codes"] + [pin + n for n in names]
+        elif self.graph == "split":
+            head, tail = list(meta.get("head_states") or []), list(meta.get("tail_states") or [])
+            if sorted(head + tail) != sorted(names) or not head or not tail:
+                raise RknnUnavailable("model", f"{self.path} was converted from another vocoder (its state "
+                                               f"split does not match {SPEC_NAME}); re-run scripts/convert_rknn.py")
+            npu_states = tail
+            expect = [LATENT] + [pin + n for n in tail]
+        else:
+            raise RknnUnavailable("file", f"{rknn_meta_path(self.path)}: unknown graph layout {self.graph!r}")
+        if meta.get("inputs") != expect:
             raise RknnUnavailable("model", f"{self.path} was converted from another vocoder (its inputs do not "
                                            f"match {SPEC_NAME}); re-run scripts/convert_rknn.py")
         self.chunk = int(meta["chunk"])
@@ -97,7 +127,23 @@ class RknnVocoderEngine:
         self.meta = meta
         self.precision = meta.get("precision")
         self.cpu = cpu
-        RKNNLite = _import_rknnlite()
+        self._npu_idx = [names.index(n) for n in npu_states]
+        self.head = None
+        head_path = self.path.parent / str(meta.get("head_onnx") or "")
+        if self.graph == "split" and not head_path.is_file():
+            raise RknnUnavailable("file", f"the split RKNN model's CPU head {head_path} is missing (written next "
+                                          f"to the .rknn by scripts/convert_rknn.py)")
+        init = cpu.initial_state()
+        self._shapes = [s.shape for s in init]
+        self._dtypes = [s.dtype for s in init]
+        self.core_mask = core_mask
+        RKNNLite = _import_rknnlite() if runtime is None else None
+        if self.graph == "split":
+            self._head_idx = [names.index(n) for n in meta["head_states"]]
+            self.head = self._open_head(head_path, cpu, meta, threads)
+        if runtime is not None:
+            self.rknn, self._owns_runtime = runtime, False
+            return
         rk = RKNNLite(verbose=False)
         if rk.load_rknn(str(self.path)) != 0:
             raise RknnUnavailable("model", f"rknnlite cannot load {self.path}")
@@ -106,11 +152,30 @@ class RknnVocoderEngine:
             rk.release()
             raise RknnUnavailable("driver", f"rknnlite init_runtime failed ({ret}): no RKNPU driver / "
                                             f"librknnrt.so, or the NPU is busy")
-        self.rknn = rk
-        self.core_mask = core_mask
-        init = cpu.initial_state()
-        self._shapes = [s.shape for s in init]
-        self._dtypes = [s.dtype for s in init]
+        self.rknn, self._owns_runtime = rk, True
+
+    @staticmethod
+    def _open_head(path: Path, cpu: VocoderEngine, meta: dict, threads: int | None):
+        """onnxruntime session of the split layout's head (codes + head states -> latent + head states)."""
+        ort = cpu._ort
+        so = ort.SessionOptions()
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        if threads is not None:
+            so.intra_op_num_threads = threads
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise RknnUnavailable("model", f"cannot load the CPU head {path}: {e}") from None
+        pin = cpu.spec.get("state_input_prefix", "state_in_")
+        pout = cpu.spec.get("state_output_prefix", "state_out_")
+        ins = ["codes"] + [pin + n for n in meta["head_states"]]
+        outs = [LATENT] + [pout + n for n in meta["head_states"]]
+        if [i.name for i in sess.get_inputs()] != ins or [o.name for o in sess.get_outputs()] != outs:
+            raise RknnUnavailable("model", f"{path} does not have the head's inputs/outputs its sidecar lists; "
+                                           f"re-run scripts/convert_rknn.py")
+        return sess, ins, outs
 
     # --- the VocoderEngine interface, delegated to the onnxruntime engine's spec
     spec = property(lambda self: self.cpu.spec)
@@ -132,14 +197,28 @@ class RknnVocoderEngine:
     def decode_all(self, codes) -> np.ndarray:
         return self.new_stream().decode(codes)
 
+    def _infer(self, inputs: list[np.ndarray]) -> list:
+        outs = self.rknn.inference(inputs=inputs, data_format=["nchw"] * len(inputs))
+        if outs is None or len(outs) != len(inputs):
+            raise RuntimeError(f"rknn inference returned {None if outs is None else len(outs)} outputs, "
+                               f"expected {len(inputs)}")
+        return outs
+
     def _run_npu(self, codes: np.ndarray, states: list[np.ndarray]):
-        outs = self.rknn.inference(inputs=[codes, *states])
-        if outs is None or len(outs) != 1 + len(states):
-            raise RuntimeError(f"rknnlite inference returned {None if outs is None else len(outs)} outputs, "
-                               f"expected {1 + len(states)}")
-        new = [np.ascontiguousarray(np.asarray(o).reshape(shape), dtype=dt)
-               for o, shape, dt in zip(outs[1:], self._shapes, self._dtypes)]
-        return np.asarray(outs[0], dtype=np.float32).reshape(-1), new
+        """One full chunk: (wav, new states) with numpy states in spec order."""
+        new = list(states)
+        if self.head is not None:  # split: head on onnxruntime FP32, conv decoder on the NPU
+            sess, ins, outs = self.head
+            h = sess.run(outs, dict(zip(ins, [codes] + [states[i] for i in self._head_idx])))
+            for i, a in zip(self._head_idx, h[1:]):
+                new[i] = a
+            npu_in = [h[0]]
+        else:
+            npu_in = [codes]
+        o = self._infer(npu_in + [states[i] for i in self._npu_idx])
+        for i, a in zip(self._npu_idx, o[1:]):
+            new[i] = np.ascontiguousarray(np.asarray(a).reshape(self._shapes[i]), dtype=self._dtypes[i])
+        return np.asarray(o[0], dtype=np.float32).reshape(-1), new
 
     def _run(self, codes: np.ndarray, states: list):
         """n frames: n // chunk full chunks on the NPU, the rest on onnxruntime; numpy states in and out."""
@@ -157,7 +236,7 @@ class RknnVocoderEngine:
 
     def close(self) -> None:
         rk, self.rknn = getattr(self, "rknn", None), None
-        if rk is not None:
+        if rk is not None and getattr(self, "_owns_runtime", False):
             rk.release()
 
 
@@ -198,14 +277,14 @@ def open_vocoder(onnx_model: str | Path, state_spec: Mapping[str, Any] | str | P
         rknn_path = base / rknn_path
     try:
         mask = parse_npu_core_mask(b.npu_core_mask, "vocoder.npu_core_mask")
-        eng = RknnVocoderEngine(rknn_path, cpu, core_mask=mask)
+        eng = RknnVocoderEngine(rknn_path, cpu, core_mask=mask, threads=threads)
     except (RknnUnavailable, ConfigError, ModelError) as e:
         what = getattr(e, "what", "config")
         level = logging.WARNING if b.backend == "rknn" else logging.INFO
         log.log(level, "vocoder backend: onnxruntime (RKNN %s unavailable: %s)", what, e)
         cpu.fallback_reason = f"{what}: {e}"
         return cpu
-    log.info("vocoder backend: rknn (%s, %s, chunk %d, npu_core_mask %s; partial chunks on onnxruntime)",
-             rknn_path, eng.precision, eng.chunk, b.npu_core_mask)
+    log.info("vocoder backend: rknn (%s, %s, %s graph, chunk %d, npu_core_mask %s; partial chunks on onnxruntime)",
+             rknn_path, eng.precision, eng.graph, eng.chunk, b.npu_core_mask)
     return eng
 

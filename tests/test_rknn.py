@@ -16,7 +16,8 @@ import pytest
 
 from daemons.config import ConfigError, VocoderBackend, load_config, parse_npu_core_mask
 from daemons.vocoder import VocoderEngine
-from daemons.vocoder_rknn import RKNN_META_FORMAT, RKNN_META_VERSION, open_vocoder
+from daemons.vocoder_rknn import (RKNN_META_FORMAT, RKNN_META_VERSION, RknnUnavailable, RknnVocoderEngine,
+                                  open_vocoder)
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = ROOT / ".venv-rknn" / "bin" / "python"
@@ -107,15 +108,24 @@ def test_auto_falls_back_when_the_rknn_file_is_missing(model, caplog):
     np.testing.assert_array_equal(eng.decode_all(codes), ref)
 
 
-def _fake_converted(model: Path, name="vocoder.rknn") -> Path:
-    """A .rknn file + sidecar as scripts/convert_rknn.py writes them (the .rknn bytes are never read
-    unless rknn-toolkit-lite2 is installed)."""
+def _fake_converted(model: Path, name="vocoder.rknn", graph="split") -> Path:
+    """A .rknn file + sidecar (+ CPU head for the split layout) as scripts/convert_rknn.py writes them (the
+    .rknn bytes are never read unless rknn-toolkit-lite2 is installed; the head is a copy of vocoder.onnx,
+    which is only opened after the runtime check)."""
     spec = json.loads((model / "vocoder.json").read_text())
+    names = [s["name"] for s in spec["states"]]
     p = model / name
     p.write_bytes(b"RKNN\0not-a-real-model")
-    p.with_name(p.name + ".json").write_text(json.dumps({
-        "format": RKNN_META_FORMAT, "format_version": RKNN_META_VERSION, "precision": "fp16", "chunk": 4,
-        "inputs": ["codes"] + ["state_in_" + s["name"] for s in spec["states"]]}))
+    meta = {"format": RKNN_META_FORMAT, "format_version": RKNN_META_VERSION, "precision": "int16", "chunk": 4,
+            "graph": graph}
+    if graph == "split":
+        head, tail = names[:8], names[8:]
+        meta.update(head_states=head, tail_states=tail, head_onnx=p.name + ".head.onnx",
+                    inputs=["latent"] + ["state_in_" + n for n in tail])
+        shutil.copy(model / "vocoder.onnx", p.with_name(p.name + ".head.onnx"))
+    else:
+        meta["inputs"] = ["codes"] + ["state_in_" + n for n in names]
+    p.with_name(p.name + ".json").write_text(json.dumps(meta))
     return p
 
 
@@ -137,16 +147,28 @@ def test_falls_back_when_the_runtime_is_missing(model, caplog, backend, level):
     assert eng.fallback_reason.startswith("runtime:")
 
 
-def test_stale_rknn_file_is_rejected(model, caplog):
-    """A .rknn converted from another vocoder (tensor list differs) is never used."""
-    p = _fake_converted(model)
+@pytest.mark.parametrize("graph", ["split", "full"])
+def test_stale_rknn_file_is_rejected(model, caplog, graph):
+    """A .rknn converted from another vocoder (tensor list or state split differs) is never used."""
+    p = _fake_converted(model, graph=graph)
     meta = json.loads(p.with_name(p.name + ".json").read_text())
     meta["inputs"] = meta["inputs"][:-1]
+    if graph == "split":
+        meta["tail_states"] = meta["tail_states"][:-1]
     p.with_name(p.name + ".json").write_text(json.dumps(meta))
     caplog.set_level(logging.INFO, "test.vocoder")
     eng = open_vocoder(model, None, VocoderBackend(), threads=1, log=logging.getLogger("test.vocoder"))
     assert eng.backend == "onnx" and eng.fallback_reason.startswith("model:")
     assert len(_records(caplog)) == 1
+
+
+def test_split_model_without_its_cpu_head_is_rejected(model):
+    """The split layout's CPU head (<file>.rknn.head.onnx) is part of the converted model."""
+    p = _fake_converted(model)
+    p.with_name(p.name + ".head.onnx").unlink()
+    with pytest.raises(RknnUnavailable, match=r"CPU head .*head\.onnx is missing") as e:
+        RknnVocoderEngine(p, VocoderEngine(model / "vocoder.onnx", threads=1))
+    assert e.value.what == "file"
 
 
 def test_daemon_configuration_selects_onnx_here(tiny_model, tmp_path):
@@ -191,25 +213,36 @@ def rknn_python():
     return VENV_PY
 
 
-def _convert(py, model: Path, precision: str) -> dict:
-    out = model / f"vocoder-{precision}.rknn"
-    r = subprocess.run([str(py), str(ROOT / "scripts" / "convert_rknn.py"), str(model), "--precision", precision,
-                        "--chunk", "4", "--out", str(out), "--calib-chunks", "8", "--eval-chunks", "4"],
-                       cwd=model, capture_output=True, text=True, timeout=600)
+DEFAULT_MIN_SNR_DB = 30.0  # issue 6: the default precision in the simulator, tiny model, closed loop
+
+
+def _convert(py, model: Path, precision: str | None) -> dict:
+    """scripts/convert_rknn.py with the test's settings; precision None = the script's default."""
+    out = model / f"vocoder-{precision or 'default'}.rknn"
+    cmd = [str(py), str(ROOT / "scripts" / "convert_rknn.py"), str(model), "--chunk", "4", "--out", str(out),
+           "--calib-chunks", "8", "--eval-chunks", "4"] + (["--precision", precision] if precision else [])
+    r = subprocess.run(cmd, cwd=model, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     meta = json.loads(Path(str(out) + ".json").read_text())
-    assert out.is_file() and meta["chunk"] == 4 and meta["precision"] == precision
-    print(f"\n{precision}: simulator SNR {meta['accuracy']['snr_db']} dB (closed loop), "
-          f"{meta['accuracy']['snr_db_step_mean']} dB per step")
+    assert out.is_file() and meta["chunk"] == 4 and meta["format_version"] == RKNN_META_VERSION
+    acc = meta["accuracy"]
+    print(f"\n{meta['precision']} ({meta['graph']} graph): simulator SNR {acc['snr_db']} dB (closed loop), "
+          f"{acc['snr_db_step_mean']} dB per step (min {acc['snr_db_step_min']}), "
+          f"{acc['snr_db_mixed']} dB with a CPU remainder")
     return meta
 
 
-def test_convert_fp16_and_int8_in_the_simulator(rknn_python, model):
-    """Both convert and run in the simulator; the figures are reported (docs/RKNN.md). FP16 (the default
-    precision) must clearly beat INT8 and stay above a regression bar set below the measured 25.6 dB.
-    The issue's 30 dB target is NOT reached (open problem, see docs/RKNN.md)."""
-    fp16 = _convert(rknn_python, model, "fp16")["accuracy"]
+def test_convert_default_and_int8_in_the_simulator(rknn_python, model):
+    """The default conversion (int16, FP32 CPU head + NPU conv decoder) reaches the issue's 30 dB in the
+    simulator, closed loop, through RknnVocoderEngine's own chunk code (the simulator stands in for the
+    NPU); the split is exact in fp32. INT8 converts and runs too; its figure is reported, not asserted
+    (it is far below: see docs/RKNN.md)."""
+    meta = _convert(rknn_python, model, None)
+    acc = meta["accuracy"]
+    assert meta["precision"] == "int16" and meta["graph"] == "split"
+    assert meta["split_check"]["snr_db_wav"] == "inf" and meta["split_check"]["max_abs_diff"] == 0.0
+    assert (model / meta["head_onnx"]).is_file()
+    assert acc["snr_db"] >= DEFAULT_MIN_SNR_DB, acc
+    assert acc["snr_db_step_min"] >= DEFAULT_MIN_SNR_DB and acc["snr_db_mixed"] >= DEFAULT_MIN_SNR_DB, acc
     int8 = _convert(rknn_python, model, "int8")["accuracy"]
-    assert np.isfinite(fp16["snr_db"]) and np.isfinite(int8["snr_db"])
-    assert fp16["snr_db"] > int8["snr_db"] + 3
-    assert fp16["snr_db"] >= 20.0
+    assert np.isfinite(int8["snr_db"]) and int8["snr_db"] < acc["snr_db"]

@@ -54,6 +54,8 @@ class SamplingParams:
 
 
 def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
+    if 0 < top_k < logits.shape[0] and top_p >= 1.0:
+        return _draw_top_k(logits, temperature, top_k, rng)
     x = logits.astype(np.float64) / temperature
     if 0 < top_k < x.shape[0]:
         kth = np.partition(x, -top_k)[-top_k]
@@ -68,6 +70,20 @@ def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: 
     p = np.exp(x - x.max())
     p /= p.sum()
     return int(rng.choice(x.shape[0], p=p))
+
+
+def _draw_top_k(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+    """`draw` for top-k without top-p (the official defaults) on the k candidates only: the same
+    distribution and the same use of the random stream as `rng.choice` over the whole masked vector (one
+    uniform, searched in the cumulative sum in index order), at a tenth of the cost."""
+    x = logits.astype(np.float64) / temperature
+    kth = np.partition(x, -top_k)[-top_k]
+    idx = np.flatnonzero(x >= kth)  # ascending ids, ties at the k-th value kept, as in `draw`
+    v = x[idx]
+    p = np.exp(v - v.max())
+    cdf = np.cumsum(p / p.sum())
+    cdf /= cdf[-1]
+    return int(idx[min(int(np.searchsorted(cdf, rng.random(), side="right")), len(idx) - 1)])
 
 
 def sample_sub(logits: np.ndarray, p: SamplingParams, rng: np.random.Generator) -> int:

@@ -287,6 +287,12 @@ class TalkerDaemon(Service):
     def start(self, req: Request) -> None:
         req.base_seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
         self.active = req
+        if req.context is not None:  # the vocoder primes the reference while the talker prefills
+            try:
+                self.voc.send_multipart(protocol.encode("prime", {"context": np.asarray(req.context, np.int64)},
+                                                        id=req.id), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # not connected: the first frames carry the context anyway
         self.next_segment(req)
 
     def next_segment(self, req: Request) -> None:

@@ -34,7 +34,15 @@ class VocoderDaemon(WorkerService):
         return {"streams": len(self.streams), "context_hits": self.context_hits,
                 "context_misses": self.context_misses}
 
-    def primed_stream(self, context):
+    def handle_prime(self, ident: bytes, msg: protocol.Message) -> None:
+        """Sent by the talker when an in-context request starts, so priming overlaps its prefill; no answer
+        (the stream's seq-0 message carries the context again and finds it primed, or primes it then)."""
+        try:
+            self.primed_stream(msg.arrays.get("context"), clone=False)
+        except (ValueError, TypeError) as e:
+            self.log.info("prime for %s ignored: %s", msg.id, e)
+
+    def primed_stream(self, context, clone: bool = True):
         """A new stream that has already decoded `context` (an in-context voice's reference codes) and
         dropped its audio: the official decode(ref + generated) then cut, without the re-decode per
         request: the primed state is kept per reference."""
@@ -42,6 +50,8 @@ class VocoderDaemon(WorkerService):
 
         import numpy as np
 
+        if context is None:
+            raise ValueError("no context codes")
         ctx = self.engine.validate(context)
         key = hashlib.sha256(np.ascontiguousarray(ctx, dtype=np.int64).tobytes()).hexdigest()
         primed = self.contexts.get(key)
@@ -55,7 +65,7 @@ class VocoderDaemon(WorkerService):
         else:
             self.context_hits += 1
         self.contexts.move_to_end(key)
-        return primed.clone()
+        return primed.clone() if clone else None
 
     def status_line(self) -> str:
         return super().status_line() + f" backend={getattr(self.engine, 'backend', 'onnx')}"

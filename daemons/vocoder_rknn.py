@@ -6,14 +6,15 @@ precision, the graph layout and the tensor order. Two layouts:
 
   "split" (sidecar format_version 2, the default): the position-dependent head (RVQ, transformer with
           its KV cache and RoPE, upsampling) runs on onnxruntime FP32 from `<file>.rknn.head.onnx`;
-          only the conv decoder (latent + its states -> wav) is on the NPU. The head is a few % of the
-          FLOPs; in float16/int16 on the NPU it cost 3-7 dB and collapsed at long positions (docs/RKNN.md).
+          only the conv decoder (latent + its states -> wav) is on the NPU. The head is ~10 % of the
+          FLOPs; on the NPU it cost 2-5 dB, and int16/int8 collapsed once the stream position left the
+          calibrated range (docs/RKNN.md).
   "full"  (format_version 1): the whole chunk step on the NPU (codes + all states -> wav + states).
 
 Chunks that are not a multiple of N: the stateful model must never be fed padding frames (padding
 would advance the KV cache, the position counter and every conv context), so a call of n frames runs
-the n // N full chunks on the NPU and the n % N remaining frames on onnxruntime (CPU) with the same
-`vocoder.onnx`, handing the state tensors over between the two. The API is exactly `VocoderStream`'s:
+the n // N full chunks on the NPU (after the CPU head, split layout) and the n % N remaining frames on
+onnxruntime (CPU) with the same `vocoder.onnx`, handing the state tensors over between the two. The API is exactly `VocoderStream`'s:
 n frames in, n * 1920 samples out, immediately (no buffering, no flush, no added latency); with the
 talker's steady chunk of 4 frames and N = 4 everything but the first chunk (2 frames) and the
 remainder of a sentence runs on the NPU. Both backends compute the same function, so the hand-over is

@@ -17,9 +17,13 @@ pos * inv_freq, the sliding-window mask, the KV cache) cannot be calibrated for 
 precision in float16 as the position grows, and the transformer's float16 error is amplified ~30 dB by
 the DAC stack. The head is ~1-10 % of the vocoder's FLOPs, so it stays FP32 on the CPU.
 
-Both parts are taken from the original graph node for node (onnx.utils.Extractor): head followed by
-tail computes exactly what `vocoder.onnx` computes (`check_split` measures it on onnxruntime).
-The default `vocoder.onnx` is never modified.
+Both parts are taken from the original graph node for node: head followed by tail computes exactly
+what `vocoder.onnx` computes (`check_split` measures it on onnxruntime). The default `vocoder.onnx` is
+never modified.
+
+`square_by_mul()` rewrites Pow(x, 2) (SnakeBeta's sin^2, the norms' x^2) as Mul(x, x): bit-identical in
+fp32, and rknn-toolkit2 keeps Mul on the NPU where an int16 Pow falls back to the CPU (29 CPU ops less
+per chunk in the tiny model's conv decoder).
 """
 from __future__ import annotations
 
@@ -173,6 +177,44 @@ def split_vocoder(model, spec: dict, at: str = "dac"):
     return head, tail, {"at": at, "cut_tensor": cut, "latent": LATENT,
                         "latent_shape_per_frame": [1, int(shape[1]), int(shape[2])],
                         "head_states": head_states, "tail_states": tail_states}
+
+
+def _const_value(model, name: str):
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    return numpy_helper.to_array(a.t)
+    return None
+
+
+def square_by_mul(model) -> int:
+    """Pow(x, c) with a constant c == 2 -> Mul(x, x), in place; returns how many were rewritten.
+    Exact: IEEE x*x is the correctly rounded square, which is what Pow(x, 2) computes."""
+    from onnx import helper
+
+    g = model.graph
+    n_done = 0
+    for i, n in enumerate(list(g.node)):
+        if n.op_type != "Pow" or len(n.input) != 2:
+            continue
+        c = _const_value(model, n.input[1])
+        if c is None or c.size != 1 or float(c.reshape(-1)[0]) != 2.0:
+            continue
+        g.node.remove(n)
+        sq = helper.make_node("Mul", [n.input[0], n.input[0]], list(n.output), name=(n.name or "pow") + "_sq")
+        g.node.insert(i, sq)
+        n_done += 1
+    used = {x for n in g.node for x in n.input}
+    for n in list(g.node):  # drop Constant nodes nothing reads any more (the exponents)
+        if n.op_type == "Constant" and n.output[0] not in used:
+            g.node.remove(n)
+    return n_done
 
 
 def _snr_db(ref, x) -> float:

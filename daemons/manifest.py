@@ -61,8 +61,9 @@ class ModelDir:
 
     @cached_property
     def predictor_embeddings(self) -> np.ndarray:
-        """E_1..E_15: [15, codebook_size, hidden]."""
-        return np.ascontiguousarray(self.table("predictor_embeddings"), dtype=np.float32)
+        """E_1..E_15: [15, codebook_size, hidden], memory-mapped (fp32, or fp16 in quantized conversions);
+        rows are looked up and summed in fp32."""
+        return self.table("predictor_embeddings")
 
     @cached_property
     def predictor_heads(self) -> np.ndarray:

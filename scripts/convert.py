@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from daemons.manifest import FORMAT, FORMAT_VERSION  # noqa: E402
 
-CONVERTER_VERSION = "0.2.0"  # 0.2: voice-cloning encoders
+CONVERTER_VERSION = "0.3.0"  # 0.2: voice-cloning encoders; 0.3: fp16 predictor embeddings (quantized)
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 REPO_ID = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 
@@ -213,8 +213,9 @@ def convert(checkpoint_dir: str | Path, model_dir: str | Path, quant: str = "f32
         log(f"text table: {t['text_vocab_size']} x {D} ({np.dtype(table_dtype).name})")
         save_npy("text_embeddings.npy", text_table(W, t).astype(table_dtype))
         save_npy("codec_embedding.npy", codec)
-        save_npy("predictor_embeddings.npy", np.stack(
-            [W(f"talker.code_predictor.model.codec_embedding.{k}.weight", (CB, D)) for k in range(G - 1)]))
+        save_npy("predictor_embeddings.npy", np.stack(  # only looked up: fp16 halves it in quantized models
+            [W(f"talker.code_predictor.model.codec_embedding.{k}.weight", (CB, D)) for k in range(G - 1)]
+        ).astype(table_dtype))
         save_npy("predictor_heads.npy", np.stack(
             [W(f"talker.code_predictor.lm_head.{k}.weight", (CB, Dp)) for k in range(G - 1)]))
         tables = {"text_embeddings": "text_embeddings.npy", "codec_embedding": "codec_embedding.npy",

@@ -6,9 +6,9 @@ precision, the graph layout and the tensor order. Two layouts:
 
   "split" (sidecar format_version 2, the default): the position-dependent head (RVQ, transformer with
           its KV cache and RoPE, upsampling) runs on onnxruntime FP32 from `<file>.rknn.head.onnx`;
-          only the conv decoder (latent + its states -> wav) is on the NPU. The head is ~10 % of the
-          FLOPs; on the NPU it cost 2-5 dB, and int16/int8 collapsed once the stream position left the
-          calibrated range (docs/RKNN.md).
+          only the conv decoder (latent + its states -> wav) is on the NPU. The head is ~4 % of the
+          FLOPs (~12 % of onnxruntime's time); on the NPU it cost 2-4 dB, and int16/int8 collapsed once
+          the stream position left the calibrated range (docs/RKNN.md).
   "full"  (format_version 1): the whole chunk step on the NPU (codes + all states -> wav + states).
 
 Chunks that are not a multiple of N: the stateful model must never be fed padding frames (padding

@@ -17,7 +17,7 @@ import pytest
 from daemons.config import ConfigError, VocoderBackend, load_config, parse_npu_core_mask
 from daemons.vocoder import VocoderEngine
 from daemons.vocoder_rknn import (RKNN_META_FORMAT, RKNN_META_VERSION, RknnUnavailable, RknnVocoderEngine,
-                                  open_vocoder)
+                                  open_vocoder, read_rknn_meta)
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = ROOT / ".venv-rknn" / "bin" / "python"
@@ -160,6 +160,18 @@ def test_stale_rknn_file_is_rejected(model, caplog, graph):
     eng = open_vocoder(model, None, VocoderBackend(), threads=1, log=logging.getLogger("test.vocoder"))
     assert eng.backend == "onnx" and eng.fallback_reason.startswith("model:")
     assert len(_records(caplog)) == 1
+
+
+def test_version_1_sidecar_is_a_full_graph(model):
+    """Sidecars of the first converter (format_version 1, no "graph" key) stay readable: whole step on the NPU."""
+    p = _fake_converted(model, graph="full")
+    meta = json.loads(p.with_name(p.name + ".json").read_text())
+    del meta["graph"]
+    p.with_name(p.name + ".json").write_text(json.dumps(dict(meta, format_version=1)))
+    assert read_rknn_meta(p)["graph"] == "full"
+    p.with_name(p.name + ".json").write_text(json.dumps(dict(meta, format_version=99)))
+    with pytest.raises(RknnUnavailable, match="not a qwen3-tts-vocoder-rknn"):
+        read_rknn_meta(p)
 
 
 def test_split_model_without_its_cpu_head_is_rejected(model):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import zmq
+
 from . import protocol
 from .manifest import ModelDir
 from .service import WorkerService
@@ -10,6 +12,8 @@ from .vocoder_rknn import open_vocoder
 
 MAX_STREAMS = 32  # least recently used streams beyond this are dropped
 MAX_CONTEXTS = 8  # decoder states primed with a voice's reference codes, least recently used dropped
+PRIME_STEP_FRAMES = 4  # idle-time priming works in steps this small, so a request waits at most one step
+VOICES_RESCAN_S = 30.0
 
 
 class VocoderDaemon(WorkerService):
@@ -22,7 +26,10 @@ class VocoderDaemon(WorkerService):
                                    threads=self.threads, model_dir=self.md.path, log=self.log)
         self.streams: OrderedDict[str, tuple] = OrderedDict()  # id -> (stream, next seq)
         self.contexts: OrderedDict[str, object] = OrderedDict()  # sha256 of reference codes -> primed stream
-        self.context_hits = self.context_misses = 0
+        self.context_hits = self.context_misses = self.primed_idle = 0
+        self._idle_job = None  # (key, stream, codes, next frame): a named voice being primed between requests
+        self._voices_seen: dict = {}
+        self._next_scan = 0.0
         self.sock = self.bind_router(self.cfg.endpoints["vocoder"])
 
     def warmup(self) -> None:
@@ -31,8 +38,64 @@ class VocoderDaemon(WorkerService):
         self.engine.new_stream().decode(np.zeros((2, 16), dtype=np.int64))
 
     def pong(self) -> dict:
-        return {"streams": len(self.streams), "context_hits": self.context_hits,
-                "context_misses": self.context_misses}
+        return {"streams": len(self.streams), "contexts": len(self.contexts), "context_hits": self.context_hits,
+                "context_misses": self.context_misses, "primed_idle": self.primed_idle}
+
+    # --- idle-time priming of the named voices -------------------------------------------------------
+    def serve_once(self, timeout_ms: int) -> None:
+        """Between requests, prime the in-context voices of `voices_dir`, a few frames at a time, so even
+        their first use finds the vocoder state ready (priming is ~1 s per 12 reference frames at full size)."""
+        if self._idle_job is None:
+            self._idle_job = self._next_idle_job()
+        if self._idle_job is None:
+            return super().serve_once(timeout_ms)
+        if self.sock.poll(0, zmq.POLLIN):  # requests first
+            return super().serve_once(0)
+        key, stream, codes, at = self._idle_job
+        stream.decode(codes[at:at + PRIME_STEP_FRAMES])
+        at += PRIME_STEP_FRAMES
+        if at < len(codes):
+            self._idle_job = (key, stream, codes, at)
+            return
+        self._idle_job = None
+        if key not in self.contexts:
+            self.contexts[key] = stream
+            self.primed_idle += 1
+            self.log.info("primed the vocoder with voice reference %s (%d frames) while idle", key[:12], len(codes))
+
+    def _next_idle_job(self):
+        import time
+
+        if self.cfg.voices_dir is None or len(self.contexts) >= MAX_CONTEXTS or time.monotonic() < self._next_scan:
+            return None
+        from .voice import Voice, VoiceError
+
+        for path in sorted(self.cfg.voices_dir.glob("*.json")):
+            try:
+                stamp = path.stat().st_mtime_ns
+                if self._voices_seen.get(path) == stamp:
+                    continue
+                self._voices_seen[path] = stamp
+                v = Voice.load(path)
+                if v.ref_codes is None:
+                    continue
+                codes = self.engine.validate(v.ref_codes)
+            except (OSError, VoiceError, ValueError) as e:
+                self.log.info("voice %s not primed: %s", path.name, getattr(e, "message", e))
+                continue
+            key = self._context_key(codes)
+            if key not in self.contexts:
+                return key, self.engine.new_stream(), codes, 0
+        self._next_scan = time.monotonic() + VOICES_RESCAN_S
+        return None
+
+    @staticmethod
+    def _context_key(codes) -> str:
+        import hashlib
+
+        import numpy as np
+
+        return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()
 
     def handle_prime(self, ident: bytes, msg: protocol.Message) -> None:
         """Sent by the talker when an in-context request starts, so priming overlaps its prefill; no answer
@@ -46,14 +109,10 @@ class VocoderDaemon(WorkerService):
         """A new stream that has already decoded `context` (an in-context voice's reference codes) and
         dropped its audio: the official decode(ref + generated) then cut, without the re-decode per
         request: the primed state is kept per reference."""
-        import hashlib
-
-        import numpy as np
-
         if context is None:
             raise ValueError("no context codes")
         ctx = self.engine.validate(context)
-        key = hashlib.sha256(np.ascontiguousarray(ctx, dtype=np.int64).tobytes()).hexdigest()
+        key = self._context_key(ctx)
         primed = self.contexts.get(key)
         if primed is None:
             self.context_misses += 1

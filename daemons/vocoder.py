@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import ModelError
+from .onnx_session import cpu_session
 
 FORMAT = "qwen3-tts-vocoder-stream"
 FORMAT_VERSION = 1
@@ -85,16 +86,8 @@ class VocoderEngine:
         self._in_names = ["codes"] + [pin + n for n, _, _ in self._state_spec]
         self._out_names = ["wav"] + [pout + n for n, _, _ in self._state_spec]
 
-        so = ort.SessionOptions()
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.inter_op_num_threads = 1
-        if threads is not None:
-            so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
-            self.session = ort.InferenceSession(str(model), so,
-                                                providers=providers or ["CPUExecutionProvider"])
+            self.session = cpu_session(model, threads, spinning=spinning, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load the vocoder {model}: {e}") from None
         have_in = {i.name for i in self.session.get_inputs()}

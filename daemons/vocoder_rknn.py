@@ -34,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import ModelError
+from .onnx_session import cpu_session
 from .vocoder import SPEC_NAME, VocoderEngine, VocoderStream
 
 RKNN_META_SUFFIX = ".json"            # vocoder.rknn -> vocoder.rknn.json
@@ -158,15 +159,8 @@ class RknnVocoderEngine:
     @staticmethod
     def _open_head(path: Path, cpu: VocoderEngine, meta: dict, threads: int | None):
         """onnxruntime session of the split layout's head (codes + head states -> latent + head states)."""
-        ort = cpu._ort
-        so = ort.SessionOptions()
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.inter_op_num_threads = 1
-        if threads is not None:
-            so.intra_op_num_threads = threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            sess = cpu_session(path, threads)
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise RknnUnavailable("model", f"cannot load the CPU head {path}: {e}") from None
         pin = cpu.spec.get("state_input_prefix", "state_in_")

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import InvalidRequest, ModelError
 from .manifest import ModelDir
+from .onnx_session import cpu_session
 
 SAMPLE_RATE = 24000
 FORMAT = "qwen3-tts-voice-encoders"
@@ -171,19 +172,10 @@ class VoiceEncoder:
 
     # --- sessions ---
     def _session(self, path: Path):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.inter_op_num_threads = 1
-        so.intra_op_num_threads = self.threads
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # no memory arena: activations scale with the reference length (full size: ~35 MiB per second of
-        # audio in the 24 kHz conv stages) and an arena would keep the peak for the life of the process
-        so.enable_cpu_mem_arena = False
         try:
-            return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            # no memory arena: activations scale with the reference length (full size: ~35 MiB per second of
+            # audio in the 24 kHz conv stages) and an arena would keep the peak for the life of the process
+            return cpu_session(path, self.threads, mem_arena=False)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load {path}: {_one_line(e)}") from None
 

@@ -133,14 +133,12 @@ def encode_voice(model_dir, audio, ref_text: str | None = None, language: str = 
 
     md = model_dir if isinstance(model_dir, ModelDir) else ModelDir(model_dir)
     if isinstance(audio, tuple):
-        wav, sr = np.asarray(audio[0], dtype=np.float32), int(audio[1])
-        if wav.ndim > 1:  # (samples, channels), like the official wrapper
-            wav = wav.mean(axis=-1).astype(np.float32)
+        wav, sr = load_audio(audio)
         raw = wav.tobytes() + str(sr).encode()
-    else:
+    else:  # the file is read once: its bytes are hashed and decoded
         is_bytes = isinstance(audio, (bytes, bytearray))
-        raw = audio if is_bytes else _read_bytes(audio)
-        wav, sr = load_audio(bytes(raw) if is_bytes else audio)  # a path: errors name the file
+        raw = bytes(audio) if is_bytes else _read_bytes(audio)
+        wav, sr = load_audio(raw, name=None if is_bytes else str(audio))
     if ref_text is not None:
         ref_text = PromptBuilder.check_text(ref_text, "reference text")
     if language and language.strip().lower() != "auto" and language.strip().lower() not in md.languages:
@@ -150,7 +148,7 @@ def encode_voice(model_dir, audio, ref_text: str | None = None, language: str = 
     enc = encoder or VoiceEncoder(md, threads=threads)
     codes = enc.codes(wav24) if ref_text else None
     return Voice(enc.xvector(wav24), codes, ref_text, (language or "auto").strip().lower(),
-                 hashlib.sha256(bytes(raw)).hexdigest())
+                 hashlib.sha256(raw).hexdigest())
 
 
 def _read_bytes(path) -> bytes:

@@ -37,32 +37,45 @@ def _one_line(e: BaseException) -> str:
     return s if s else type(e).__name__
 
 
-def load_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """Read a recording (a path, or the bytes of a file in any format soundfile reads). Returns
-    (float32 mono waveform at the file's own rate, that rate); several channels are averaged, as the
-    official loader (librosa.load(mono=True)) does. Unreadable, empty or non-finite audio -> InvalidRequest."""
+def load_audio(source, name: str | None = None) -> tuple[np.ndarray, int]:
+    """A reference recording as (float32 mono waveform at its own rate, that rate). `source`: a path, the
+    bytes of a file in any format soundfile reads, or a (waveform, sample rate) pair with the waveform
+    [n] or [n, channels]. Channels are averaged as the official loaders do: files like librosa.load(mono=True),
+    arrays like `Qwen3TTSModel._normalize_audio_inputs` (float32, then the mean over the last axis).
+    `name` names the recording in errors (e.g. the path its bytes came from). Unreadable, empty or
+    non-finite audio -> InvalidRequest."""
     import soundfile as sf
 
-    what = "reference audio"
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise InvalidRequest(f"{what} is empty (0 bytes)")
-        f = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, Path)):
-        f = str(source)
-        what = f"reference audio {source}"
+    what = f"reference audio {name}" if name else "reference audio"
+    if isinstance(source, tuple):
+        if len(source) != 2:
+            raise InvalidRequest("reference audio must be a (waveform, sample rate) pair")
+        wav = np.asarray(source[0], dtype=np.float32)
+        if wav.ndim > 1:
+            wav = np.mean(wav, axis=-1).astype(np.float32)
+        sr = source[1]
     else:
-        raise InvalidRequest(f"reference audio must be a path or the bytes of an audio file, "
-                             f"not {type(source).__name__}")
-    try:
-        data, sr = sf.read(f, dtype="float32", always_2d=True)  # [n, channels]
-    except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError/OSError
-        raise InvalidRequest(f"cannot read {what}: {_one_line(e)}") from None
-    if data.shape[0] == 0 or data.shape[1] == 0:
-        raise InvalidRequest(f"{what} holds no samples")
-    # librosa.to_mono on the [channels, n] view: mean over the channel axis (float32)
-    wav = data[:, 0] if data.shape[1] == 1 else np.mean(data.T, axis=0)
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if len(source) == 0:
+                raise InvalidRequest(f"{what} is empty (0 bytes)")
+            f = io.BytesIO(bytes(source))
+        elif isinstance(source, (str, Path)):
+            f = str(source)
+            what = f"reference audio {name or source}"
+        else:
+            raise InvalidRequest(f"reference audio must be a path, the bytes of an audio file or a (waveform, "
+                                 f"sample rate) pair, not {type(source).__name__}")
+        try:
+            data, sr = sf.read(f, dtype="float32", always_2d=True)  # [n, channels]
+        except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError/OSError
+            raise InvalidRequest(f"cannot read {what}: {_one_line(e)}") from None
+        if data.shape[0] == 0 or data.shape[1] == 0:
+            raise InvalidRequest(f"{what} holds no samples")
+        # librosa.to_mono on the [channels, n] view: mean over the channel axis (float32)
+        wav = data[:, 0] if data.shape[1] == 1 else np.mean(data.T, axis=0)
     wav = np.ascontiguousarray(wav, dtype=np.float32)
+    if wav.ndim != 1 or wav.size == 0:
+        raise InvalidRequest(f"{what} holds no samples")
     if not np.isfinite(wav).all():
         raise InvalidRequest(f"{what} contains NaN or infinite samples")
     return wav, int(sr)
@@ -232,14 +245,7 @@ class VoiceEncoder:
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def encode(self, source: str | Path | bytes | tuple[np.ndarray, int]) -> tuple[np.ndarray, np.ndarray]:
-        """(codes, xvector) of one reference recording: a path, file bytes, or (waveform, sample rate),
-        as `create_voice_clone_prompt` computes them (both from the same 24 kHz waveform)."""
-        if isinstance(source, tuple):
-            wav, sr = source
-            wav = np.asarray(wav)
-            if wav.ndim == 2:  # [n, channels], averaged like the official loader
-                wav = np.mean(wav.T, axis=0)
-        else:
-            wav, sr = load_audio(source)
-        y = resample_24k(wav, sr)
+        """(codes, xvector) of one reference recording (anything `load_audio` reads), as
+        `create_voice_clone_prompt` computes them (both from the same 24 kHz waveform)."""
+        y = resample_24k(*load_audio(source))
         return self.codes(y), self.xvector(y)

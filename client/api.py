@@ -97,7 +97,7 @@ class TTSClient:
 
     def synthesize(self, text: str, language: str = "auto", *, params: dict | None = None,
                    max_frames: int | None = None, non_streaming: bool = False, xvector=None,
-                   voice: str | dict | None = None, voice_mode: str | None = None, segment: bool = True, pause_ms: int | None = None,
+                   voice=None, voice_mode: str | None = None, segment: bool = True, pause_ms: int | None = None,
                    return_codes: bool = False, on_audio: Callable[[np.ndarray], None] | None = None,
                    on_progress: Callable[[int], None] | None = None) -> Result:
         rid = uuid.uuid4().hex
@@ -106,7 +106,7 @@ class TTSClient:
         if max_frames is not None:
             header["max_frames"] = max_frames
         header["segment"] = segment
-        if voice is not None:  # a name (looked up by the talker) or a voice file's JSON object
+        if voice is not None:  # a name (looked up by the talker), a daemons.voice.Voice or its JSON object
             header["voice"] = voice.to_json() if hasattr(voice, "to_json") else voice
             if voice_mode:
                 header["voice_mode"] = voice_mode

@@ -23,7 +23,7 @@ class PrefixCache:
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
         self._mem: OrderedDict[str, bytes] = OrderedDict()
-        self._size = 0
+        self.memory_bytes = 0
         self.hits = self.misses = self.rows_skipped = 0
 
     def key(self, rows: np.ndarray) -> str:
@@ -55,11 +55,11 @@ class PrefixCache:
         if len(data) > self.max_bytes:
             return
         if key in self._mem:
-            self._size -= len(self._mem.pop(key))
+            self.memory_bytes -= len(self._mem.pop(key))
         self._mem[key] = data
-        self._size += len(data)
-        while self._size > self.max_bytes:
-            self._size -= len(self._mem.popitem(last=False)[1])
+        self.memory_bytes += len(data)
+        while self.memory_bytes > self.max_bytes:
+            self.memory_bytes -= len(self._mem.popitem(last=False)[1])
 
     def _write(self, key: str, data: bytes) -> None:
         try:  # atomic: a crash never leaves a truncated state file behind

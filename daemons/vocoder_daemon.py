@@ -1,8 +1,11 @@
 """Vocoder daemon: one stateful decoder stream per request id; frames in, 24 kHz PCM out."""
 from __future__ import annotations
 
+import hashlib
+import time
 from collections import OrderedDict
 
+import numpy as np
 import zmq
 
 from . import protocol
@@ -33,8 +36,6 @@ class VocoderDaemon(WorkerService):
         self.sock = self.bind_router(self.cfg.endpoints["vocoder"])
 
     def warmup(self) -> None:
-        import numpy as np
-
         self.engine.new_stream().decode(np.zeros((2, 16), dtype=np.int64))
 
     def pong(self) -> dict:
@@ -59,13 +60,11 @@ class VocoderDaemon(WorkerService):
             return
         self._idle_job = None
         if key not in self.contexts:
-            self.contexts[key] = stream
+            self.remember_context(key, stream)
             self.primed_idle += 1
             self.log.info("primed the vocoder with voice reference %s (%d frames) while idle", key[:12], len(codes))
 
     def _next_idle_job(self):
-        import time
-
         if self.cfg.voices_dir is None or len(self.contexts) >= MAX_CONTEXTS or time.monotonic() < self._next_scan:
             return None
         from .voice import Voice, VoiceError
@@ -91,11 +90,14 @@ class VocoderDaemon(WorkerService):
 
     @staticmethod
     def _context_key(codes) -> str:
-        import hashlib
-
-        import numpy as np
-
         return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()
+
+    def remember_context(self, key: str, primed) -> None:
+        """Keep a primed stream as the most recent, dropping the least recently used beyond MAX_CONTEXTS."""
+        self.contexts[key] = primed
+        self.contexts.move_to_end(key)
+        while len(self.contexts) > MAX_CONTEXTS:
+            self.contexts.popitem(last=False)
 
     def handle_prime(self, ident: bytes, msg: protocol.Message) -> None:
         """Sent by the talker when an in-context request starts, so priming overlaps its prefill; no answer
@@ -118,12 +120,9 @@ class VocoderDaemon(WorkerService):
             self.context_misses += 1
             primed = self.engine.new_stream()
             primed.decode(ctx)
-            self.contexts[key] = primed
-            while len(self.contexts) > MAX_CONTEXTS:
-                self.contexts.popitem(last=False)
         else:
             self.context_hits += 1
-        self.contexts.move_to_end(key)
+        self.remember_context(key, primed)
         return primed.clone() if clone else None
 
     def status_line(self) -> str:
@@ -184,6 +183,4 @@ class VocoderDaemon(WorkerService):
             return
         stream = self._stream_at(ident, msg)
         if stream is not None:
-            import numpy as np
-
             self._answer(ident, msg, stream, np.zeros(n, dtype=np.float32), pause=True)

@@ -106,7 +106,7 @@ class TTSClient:
         if max_frames is not None:
             header["max_frames"] = max_frames
         header["segment"] = segment
-        if voice is not None:  # a name (looked up by the talker), a daemons.voice.Voice or its JSON object
+        if voice is not None:  # a name (looked up by the talker), a daemons.engine.voice.Voice or its JSON object
             header["voice"] = voice.to_json() if hasattr(voice, "to_json") else voice
             if voice_mode:
                 header["voice_mode"] = voice_mode

@@ -74,7 +74,7 @@ def say(text, language, streaming, output, output_raw, voice, xvector_only, seed
     if voice:
         from pathlib import Path
 
-        from daemons.voice import Voice, VoiceError
+        from daemons.engine.voice import Voice, VoiceError
 
         try:
             if voice.endswith(".npy"):
@@ -153,8 +153,8 @@ def encode_voice_cmd(audio, ref_text, output, name, language, model_dir, threads
     from pathlib import Path
 
     from daemons.config import ConfigError, load_config
-    from daemons.errors import TTSError
-    from daemons.voice import NAME_RE, encode_voice
+    from daemons.engine.errors import TTSError
+    from daemons.engine.voice import NAME_RE, encode_voice
 
     if not output and not name:
         click.echo("error: give -o voice.json and/or --name NAME", err=True)

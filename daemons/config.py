@@ -103,7 +103,7 @@ class VocoderBackend:
     rknn_file: str = DEFAULT_RKNN_FILE
 
 
-# Sampling overrides accepted in [sampling] (names of daemons.sampling.SamplingParams fields):
+# Sampling overrides accepted in [sampling] (names of daemons.engine.sampling.SamplingParams fields):
 # name -> (kind, check, description of the allowed range)
 _SAMPLING_KEYS: dict[str, tuple[str, Any, str]] = {
     "do_sample": ("bool", None, ""),

@@ -16,7 +16,7 @@ ROLES = ("talker", "predictor", "vocoder")
 @click.option("--model-dir", type=click.Path(file_okay=False), help="override the configured model directory")
 def main(role, config_path, model_dir):
     from .config import ConfigError, load_config
-    from .errors import TTSError
+    from .engine.errors import TTSError
 
     try:
         cfg = load_config(config_path)

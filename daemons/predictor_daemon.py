@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import protocol
-from .manifest import ModelDir
-from .predictor import PredictorEngine
-from .sampling import SamplingParams
+from .engine.manifest import ModelDir
+from .engine.predictor import PredictorEngine
+from .engine.sampling import SamplingParams
 from .service import WorkerService
 
 SUB_PARAMS = ("sub_do_sample", "sub_temperature", "sub_top_k", "sub_top_p")

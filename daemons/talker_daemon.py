@@ -7,31 +7,24 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
 
 from . import protocol
-from .errors import TTSError
-from .generate import Generation, RunawayRules, generate_frames
-from .manifest import ModelDir
-from .prompt import PromptBuilder
-from .sampling import Sampler, SamplingParams
-from .segment import Segment, plan_segments
+from .engine.errors import InvalidText, TTSError
+from .engine.manifest import ModelDir
+from .engine.prompt import PromptBuilder
+from .engine.sampling import SamplingParams
+from .engine.segment import Segment, plan_segments
+from .engine.talker import TalkerEngine
+from .engine.voice import Voice, find_voice
 from .service import Service
-from .talker import TalkerEngine
-from .voice import Voice, find_voice
+from .talker_request import Engines, Request, RequestFailed
 
 CLIENT_PARAMS = {"do_sample": bool, "temperature": float, "top_k": int, "top_p": float,
                  "repetition_penalty": float, "sub_do_sample": bool, "sub_temperature": float,
                  "sub_top_k": int, "sub_top_p": float, "seed": int}
-
-
-class Unavailable(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 class RemotePredictor:
@@ -53,13 +46,13 @@ class RemotePredictor:
                 break
             except zmq.Again:
                 if time.monotonic() > deadline:
-                    raise Unavailable("predictor_unavailable", "the predictor daemon is not running") from None
+                    raise RequestFailed("predictor_unavailable", "the predictor daemon is not running") from None
                 time.sleep(0.01)
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not self.sock.poll(int(left * 1000) + 1, zmq.POLLIN):
-                raise Unavailable("predictor_unavailable",
-                                  f"no answer from the predictor daemon within {self.timeout_s:g} s")
+                raise RequestFailed("predictor_unavailable",
+                                    f"no answer from the predictor daemon within {self.timeout_s:g} s")
             try:
                 r = protocol.decode(self.sock.recv_multipart(), self.max_bytes)
             except protocol.ProtocolError:
@@ -67,38 +60,25 @@ class RemotePredictor:
             if r.id != self.rid or r.header.get("frame") != frame:
                 continue  # a late answer to an abandoned request
             if r.type == "error":
-                raise Unavailable("predictor_unavailable", f"predictor: {r.header.get('message')}")
+                raise RequestFailed("predictor_unavailable", f"predictor: {r.header.get('message')}")
             return r.arrays["codes"].astype(np.int64), r.arrays["feedback"]
 
 
-@dataclass
-class Request:
-    id: str
-    ident: bytes
-    segments: list[Segment]
-    params: SamplingParams
-    return_codes: bool
-    pause_samples: int
-    accepted: float = field(default_factory=time.monotonic)
-    base_seed: int = 0
-    seg: int = -1                   # index of the segment being generated
-    gen: Generation = field(default_factory=Generation)
-    results: list = field(default_factory=list)   # per finished segment: {index, frames, stop, seed}
-    frames: list = field(default_factory=list)
-    pending: list = field(default_factory=list)
-    seg_start: int = 0              # global frame index where the current segment started
-    text_end: int = 0               # global frame index from which its text queue is used up
-    silent_run: int = 0             # consecutive near-silent frames heard after text_end
-    audio_frames: int = 0           # frames whose audio came back
-    stop_silence: bool = False
-    seq_sent: int = 0
-    seq_done: int = 0
-    last_voc: float = 0.0
-    generator: object = None
-    finished_generating: bool = False
-    blocked_since: float | None = None
-    pause_pending: bool = False
-    context: np.ndarray | None = None  # in-context voice: reference codes, the vocoder's left context
+class _Links:
+    """A request's two outlets: its client (ROUTER identity) and the vocoder stream, both non-blocking."""
+
+    def __init__(self, daemon: "TalkerDaemon", ident: bytes):
+        self.daemon, self.ident = daemon, ident
+
+    def client(self, frames: list) -> bool:
+        return self.daemon.send_client(self.ident, frames)
+
+    def vocoder(self, frames: list) -> bool:
+        try:
+            self.daemon.voc.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
 
 
 class TalkerDaemon(Service):
@@ -118,11 +98,13 @@ class TalkerDaemon(Service):
         self.voc = self.connect_dealer(self.cfg.endpoints["vocoder"])
         self.predictor = RemotePredictor(self.pred_sock, self.limits.predictor_timeout_s,
                                          self.limits.max_message_bytes)
+        self.engines = Engines(self.engine, self.predictor, self.md.talker["codec_vocab"],
+                               self.md.special["codec_eos"], self.limits,
+                               random_weights=bool(self.md.manifest["source"].get("random_weights")))
         self.queues: OrderedDict[bytes, deque] = OrderedDict()  # client -> its waiting requests
         self.active: Request | None = None
         self.draining: dict[str, Request] = {}
         self.known_ids: set[str] = set()
-        self.random_weights = bool(self.md.manifest["source"].get("random_weights"))
 
     def warmup(self) -> None:
         p = self.prompts.build("warm up", "auto")
@@ -139,8 +121,7 @@ class TalkerDaemon(Service):
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def send_client(self, req_or_ident, frames) -> bool:
-        ident = req_or_ident.ident if isinstance(req_or_ident, Request) else req_or_ident
+    def send_client(self, ident: bytes, frames) -> bool:
         return self.reply(self.front, ident, frames)
 
     def on_client(self, ident: bytes, msg: protocol.Message) -> None:
@@ -176,13 +157,12 @@ class TalkerDaemon(Service):
             return
         self.queues.setdefault(ident, deque()).append(req)
         self.known_ids.add(rid)
-        self.send_client(req, protocol.encode("accepted", id=rid, position=self.queued()))
+        self.send_client(ident, protocol.encode("accepted", id=rid, position=self.queued()))
 
     def make_request(self, ident: bytes, msg: protocol.Message) -> Request:
         h = msg.header
         text = h.get("text")
         if isinstance(text, str) and len(text) > self.limits.max_text_chars:
-            from .errors import InvalidText
             raise InvalidText(f"text is too long: {len(text)} characters (limit {self.limits.max_text_chars})")
         params = SamplingParams(**vars(self.defaults))
         user = h.get("params") or {}
@@ -258,7 +238,7 @@ class TalkerDaemon(Service):
     # --- request life cycle ------------------------------------------------------------------------
     def fail(self, req: Request, code: str, message: str) -> None:
         self.log.info("request %s failed: %s: %s", req.id, code, message)
-        self.send_client(req, protocol.error(req.id, code, message))
+        self.send_client(req.ident, protocol.error(req.id, code, message))
         self.forget(req)
 
     def forget(self, req: Request) -> None:
@@ -266,11 +246,30 @@ class TalkerDaemon(Service):
             self.active = None
         self.draining.pop(req.id, None)
         self.known_ids.discard(req.id)
-        if req.seq_sent:
-            try:
-                self.voc.send_multipart(protocol.encode("close", id=req.id), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
+        req.close()
+
+    def settle(self, req: Request) -> None:
+        """Follow the request's state after it did some work."""
+        if req.state == "draining" and self.active is req:  # generation ended; its audio is still coming
+            self.active = None
+            self.draining[req.id] = req
+        elif req.state == "done":
+            self.log.info("request %s done: %d frames in %d segment(s), stops %s, %.2f s", req.id,
+                          len(req.frames), len(req.results), ",".join(r["stop"] for r in req.results),
+                          time.monotonic() - req.accepted)
+            self.forget(req)
+        elif req.state == "gone":
+            self.log.info("client of %s is gone: cancelling", req.id)
+            self.forget(req)
+
+    def run_request(self, req: Request, work, *args) -> None:
+        """Call one of the request's methods; a `RequestFailed` ends it with a typed error."""
+        try:
+            work(*args)
+        except RequestFailed as e:
+            self.fail(req, e.code, e.message)
+            return
+        self.settle(req)
 
     def next_request(self) -> Request | None:
         while self.queues:
@@ -285,176 +284,20 @@ class TalkerDaemon(Service):
         return None
 
     def start(self, req: Request) -> None:
-        req.base_seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
         self.active = req
-        if req.context is not None:  # the vocoder primes the reference while the talker prefills
-            try:
-                self.voc.send_multipart(protocol.encode("prime", {"context": np.asarray(req.context, np.int64)},
-                                                        id=req.id), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass  # not connected: the first frames carry the context anyway
-        self.next_segment(req)
-
-    def next_segment(self, req: Request) -> None:
-        """Prefill the next segment's prompt; the vocoder stream (same id, next seq) carries on, so the
-        boundary has no seam."""
-        req.seg += 1
-        seg = req.segments[req.seg]
-        params = SamplingParams(**{**vars(req.params), "seed": (req.base_seed + req.seg) % (1 << 63)})
-        sampler = Sampler(params, self.md.talker["codec_vocab"], self.md.special["codec_eos"])
         self.predictor.rid = req.id
-        req.gen = Generation()
-        req.seg_start = len(req.frames)
-        req.text_end = req.seg_start + len(seg.prompt.trailing)
-        req.silent_run = 0
-        req.stop_silence = False
-        runaway = RunawayRules(loop_frames=self.limits.loop_frames)
-        req.generator = generate_frames(self.engine, self.predictor, seg.prompt, sampler, seg.cap, req.gen, runaway)
-
-    def chunk_size(self, req: Request) -> int:
-        return self.limits.first_chunk_frames if req.seq_sent == 0 else self.limits.chunk_frames
-
-    def send_frames(self, req: Request) -> None:
-        """Hand the pending frames to the vocoder; while it is not connected (restarting) they wait, and
-        `check_timeouts` turns a long wait into `vocoder_unavailable`."""
-        try:
-            self.voc.send_multipart(protocol.encode("frames", self.first_arrays(req, {"codes": np.stack(req.pending)}),
-                                                    id=req.id, seq=req.seq_sent), flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            req.blocked_since = req.blocked_since or time.monotonic()
-            return
-        req.pending = []
-        req.blocked_since = None
-        req.seq_sent += 1
-        req.last_voc = time.monotonic()
-
-    @staticmethod
-    def first_arrays(req: Request, arrays: dict) -> dict | None:
-        """The message that opens a vocoder stream carries the in-context reference codes as left context."""
-        if req.seq_sent == 0 and req.context is not None:
-            arrays = {**arrays, "context": np.asarray(req.context, dtype=np.int64)}
-        return arrays or None
-
-    def step_active(self) -> None:
-        req = self.active
-        try:
-            self._step(req)
-        except (Unavailable, TTSError) as e:
-            self.fail(req, e.code, e.message)
-
-    def _step(self, req: Request) -> None:
-        if req.pause_pending:  # silence after the previous segment, in stream order
-            if req.pending:
-                self.send_frames(req)  # still waiting for a (re)connecting vocoder
-            elif self.send_pause(req):
-                req.pause_pending = False
-            return
-        fr = None
-        if req.stop_silence:
-            req.gen.stop = "runaway_silence"
-        else:
-            try:
-                fr = next(req.generator)
-            except StopIteration:
-                pass
-        if fr is None:
-            req.results.append({"index": req.seg, "frames": req.gen.frames, "stop": req.gen.stop,
-                                "seed": req.gen.seed, "chars": len(req.segments[req.seg].text)})
-            if req.pending:
-                self.send_frames(req)
-            if req.seg + 1 < len(req.segments):
-                req.pause_pending = req.pause_samples > 0
-                self.next_segment(req)
-                return
-            req.finished_generating = True
-            self.active = None
-            self.draining[req.id] = req
-            self.maybe_done(req)
-            return
-        req.frames.append(fr)
-        req.pending.append(fr)
-        # a per-frame note to the client: also how a vanished client is noticed within one frame
-        if not self.send_client(req, protocol.encode("progress", id=req.id, frame=len(req.frames),
-                                                     segment=req.seg)):
-            self.log.info("client of %s is gone: cancelling", req.id)
-            self.forget(req)
-            return
-        if len(req.pending) >= self.chunk_size(req):
-            self.send_frames(req)
-
-    def send_pause(self, req: Request) -> bool:
-        try:
-            self.voc.send_multipart(protocol.encode("pause", self.first_arrays(req, {}), id=req.id,
-                                                    seq=req.seq_sent, samples=req.pause_samples), flags=zmq.NOBLOCK)
-        except zmq.Again:
-            req.blocked_since = req.blocked_since or time.monotonic()
-            return False
-        req.blocked_since = None
-        req.seq_sent += 1
-        req.last_voc = time.monotonic()
-        return True
-
-    def hear(self, req: Request, pcm: np.ndarray) -> None:
-        """Near-silence runaway rule: count near-silent frames once the current segment's text is used up."""
-        L = self.limits
-        n = len(pcm) // 1920
-        if n == 0 or L.silence_frames <= 0:
-            return
-        rms = np.sqrt(np.mean(pcm[:n * 1920].reshape(n, 1920).astype(np.float64) ** 2, axis=1))
-        for i in range(n):
-            f = req.audio_frames + i
-            if f < max(req.text_end, req.seg_start):
-                continue
-            req.silent_run = req.silent_run + 1 if rms[i] < L.silence_rms else 0
-            if req.silent_run >= L.silence_frames and self.active is req:
-                req.stop_silence = True
-        req.audio_frames += n
+        seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
+        self.run_request(req, req.begin, self.engines, _Links(self, req.ident), seed)
 
     def on_vocoder(self, msg: protocol.Message) -> None:
         req = self.draining.get(msg.id) or (self.active if self.active and self.active.id == msg.id else None)
-        if req is None:
-            return
-        if msg.type == "error":
-            self.fail(req, "vocoder_unavailable", f"vocoder: {msg.header.get('message')}")
-            return
-        if msg.type != "audio" or msg.header.get("seq") != req.seq_done:
-            self.fail(req, "vocoder_unavailable", "vocoder answered out of order")
-            return
-        req.seq_done += 1
-        req.last_voc = time.monotonic()
-        pcm = msg.arrays["pcm"]
-        if not msg.header.get("pause"):
-            self.hear(req, pcm)
-        if not self.send_client(req, protocol.encode("audio", {"pcm": msg.arrays["pcm"]}, id=req.id,
-                                                     seq=msg.header["seq"])):
-            self.forget(req)
-            return
-        self.maybe_done(req)
-
-    def maybe_done(self, req: Request) -> None:
-        if req.finished_generating and not req.pending and req.seq_done == req.seq_sent:
-            arrays = {"codes": np.stack(req.frames) if req.frames else np.zeros((0, 16), np.int64)} \
-                if req.return_codes else None
-            stops = [r["stop"] for r in req.results]
-            self.send_client(req, protocol.encode("done", arrays, id=req.id, frames=len(req.frames),
-                                                  stop="eos" if all(x == "eos" for x in stops) else
-                                                  next(x for x in stops if x != "eos"),
-                                                  seed=req.base_seed, segments=req.results,
-                                                  random_weights=self.random_weights))
-            self.log.info("request %s done: %d frames in %d segment(s), stops %s, %.2f s", req.id,
-                          len(req.frames), len(req.results), ",".join(stops), time.monotonic() - req.accepted)
-            self.forget(req)
+        if req is not None:
+            self.run_request(req, req.deliver, msg)
 
     def check_timeouts(self) -> None:
         now = time.monotonic()
         for req in list(self.draining.values()) + ([self.active] if self.active else []):
-            if req.blocked_since and now - req.blocked_since > self.limits.vocoder_timeout_s:
-                self.fail(req, "vocoder_unavailable", "the vocoder daemon is not running")
-            elif req.seq_done < req.seq_sent and now - req.last_voc > self.limits.vocoder_timeout_s:
-                self.fail(req, "vocoder_unavailable",
-                          f"no audio from the vocoder daemon within {self.limits.vocoder_timeout_s:g} s")
-            elif now - req.accepted > self.limits.request_timeout_s:
-                self.fail(req, "timeout", f"request exceeded {self.limits.request_timeout_s:g} s")
+            self.run_request(req, req.overdue, now)
 
     # --- the loop ---------------------------------------------------------------------------------
     def serve_once(self, timeout_ms: int) -> None:
@@ -491,11 +334,9 @@ class TalkerDaemon(Service):
             if nxt is not None:
                 self.start(nxt)
         for req in list(self.draining.values()):
-            if req.pending:  # frames that waited for a (re)connecting vocoder
-                self.send_frames(req)
-                self.maybe_done(req)
+            self.run_request(req, req.flush)  # frames that waited for a (re)connecting vocoder
         if self.active is not None:
-            self.step_active()
+            self.run_request(self.active, self.active.step)
         self.check_timeouts()
 
     def _recv_front(self):

@@ -9,9 +9,9 @@ import numpy as np
 import zmq
 
 from . import protocol
-from .manifest import ModelDir
+from .engine.manifest import ModelDir
 from .service import WorkerService
-from .vocoder_rknn import open_vocoder
+from .vocoder_backend import open_vocoder
 
 MAX_STREAMS = 32  # least recently used streams beyond this are dropped
 MAX_CONTEXTS = 8  # decoder states primed with a voice's reference codes, least recently used dropped
@@ -67,7 +67,7 @@ class VocoderDaemon(WorkerService):
     def _next_idle_job(self):
         if self.cfg.voices_dir is None or len(self.contexts) >= MAX_CONTEXTS or time.monotonic() < self._next_scan:
             return None
-        from .voice import Voice, VoiceError
+        from .engine.voice import Voice, VoiceError
 
         for path in sorted(self.cfg.voices_dir.glob("*.json")):
             try:

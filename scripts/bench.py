@@ -387,10 +387,10 @@ def run_stages(a, model_dir: Path, layout: dict) -> dict:
 def bench_talker(model_dir: Path, threads: int, steps: int, runs: int) -> tuple[dict, list]:
     import numpy as np
 
-    from daemons.manifest import ModelDir
-    from daemons.prompt import PromptBuilder, frame_embeddings
-    from daemons.sampling import Sampler, SamplingParams
-    from daemons.talker import TalkerEngine
+    from daemons.engine.manifest import ModelDir
+    from daemons.engine.prompt import PromptBuilder, frame_embeddings
+    from daemons.engine.sampling import Sampler, SamplingParams
+    from daemons.engine.talker import TalkerEngine
 
     md = ModelDir(model_dir)
     pb = PromptBuilder(md)
@@ -452,10 +452,10 @@ def bench_talker(model_dir: Path, threads: int, steps: int, runs: int) -> tuple[
 def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep: list) -> dict:
     import numpy as np
 
-    import daemons.predictor as predmod
-    from daemons.manifest import ModelDir
-    from daemons.predictor import PredictorEngine
-    from daemons.sampling import SamplingParams
+    import daemons.engine.predictor as predmod
+    from daemons.engine.manifest import ModelDir
+    from daemons.engine.predictor import PredictorEngine
+    from daemons.engine.sampling import SamplingParams
 
     md = ModelDir(model_dir)
     eng = PredictorEngine(md, threads=threads)
@@ -551,8 +551,8 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
 def bench_vocoder(model_dir: Path, threads: int, frames: int, runs: int, chunk: int, first_chunk: int) -> dict:
     import numpy as np
 
-    from daemons.manifest import ModelDir
-    from daemons.vocoder import VocoderEngine
+    from daemons.engine.manifest import ModelDir
+    from daemons.engine.vocoder import VocoderEngine
 
     md = ModelDir(model_dir)
     eng = VocoderEngine(md.file(md.vocoder["onnx"]), md.vocoder, threads=threads)

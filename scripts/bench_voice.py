@@ -45,8 +45,8 @@ def reference(seconds: float, sr: int = 44100):
 
 
 def bench_encode(md, wav, sr, runs: int, threads: int) -> tuple[dict, object]:
-    from daemons.voice import encode_voice
-    from daemons.voice_encoder import VoiceEncoder, resample_24k
+    from daemons.engine.voice import encode_voice
+    from daemons.engine.voice_encoder import VoiceEncoder, resample_24k
 
     enc = VoiceEncoder(md, threads=threads)
     w24 = resample_24k(wav, sr)
@@ -70,8 +70,8 @@ def bench_encode(md, wav, sr, runs: int, threads: int) -> tuple[dict, object]:
 
 
 def bench_prefill(md, voice, runs: int, threads: int) -> dict:
-    from daemons.prompt import PromptBuilder
-    from daemons.talker import TalkerEngine
+    from daemons.engine.prompt import PromptBuilder
+    from daemons.engine.talker import TalkerEngine
 
     p = PromptBuilder(md).build(TEXT, "english", xvector=voice.xvector, ref_codes=voice.ref_codes,
                                 ref_text=voice.ref_text)
@@ -98,7 +98,7 @@ def bench_prefill(md, voice, runs: int, threads: int) -> dict:
 def bench_vocoder_context(md, voice, runs: int, threads: int) -> dict:
     import numpy as np
 
-    from daemons.vocoder import VocoderEngine
+    from daemons.engine.vocoder import VocoderEngine
 
     eng = VocoderEngine(md.file(md.vocoder["onnx"]), md.vocoder, threads=threads)
     eng.new_stream().decode(np.zeros((2, 16), np.int64))
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     ckpt, _ = tokenizer_fixup(ensure_checkpoint(args), Path(args.work))
     md_path, _ = ensure_model(args, ckpt)
-    from daemons.manifest import ModelDir
+    from daemons.engine.manifest import ModelDir
 
     md = ModelDir(md_path)
     wav, sr = reference(args.ref_seconds)

@@ -25,7 +25,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daemons.manifest import FORMAT, FORMAT_VERSION  # noqa: E402
+from daemons.engine.manifest import FORMAT, FORMAT_VERSION  # noqa: E402
 
 CONVERTER_VERSION = "0.3.0"  # 0.2: voice-cloning encoders; 0.3: fp16 predictor embeddings (quantized)
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")

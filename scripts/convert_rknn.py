@@ -10,7 +10,7 @@ versions that clash with the project's .venv):
         [--calib-codes CODES.npy] [--eval-chunks 6] [--seed 0] [--json REPORT.json]
 
 The RKNN graph has static shapes: the chunk of N frames (`--chunk`, default 4 = the talker's
-`chunk_frames`) is fixed; `daemons/vocoder_rknn.py` runs full chunks on the NPU and the remainder of a
+`chunk_frames`) is fixed; `daemons/engine/vocoder_rknn.py` runs full chunks on the NPU and the remainder of a
 call on onnxruntime (never padding: the model is stateful). Writes `<out>`, `<out>.json` (chunk,
 precision, graph layout, tensor order, accuracy figures) and, for the split layout, `<out>.head.onnx`.
 
@@ -37,7 +37,7 @@ tensor's calibrated range (rounded up to a power of two): a value beyond it satu
 enough steps (default 128; with 24, 2 of 100 evaluation chunks of the tiny model fell to 20 dB).
 
 Accuracy (simulator, `init_runtime()` with no target: this is ACCURACY, not board speed): a random code
-sequence of `--eval-chunks` chunks, decoded by onnxruntime FP32 and by `daemons.vocoder_rknn.
+sequence of `--eval-chunks` chunks, decoded by onnxruntime FP32 and by `daemons.engine.vocoder_rknn.
 RknnVocoderEngine` with the simulator in place of the NPU (the board's own code path), reported as
   snr_db          closed loop: the .rknn model feeds back its own state (what the board does)
   snr_db_step     open loop: every chunk starts from the FP32 reference state (one-step error)
@@ -62,8 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RKNN_META_FORMAT = "qwen3-tts-vocoder-rknn"   # = daemons.vocoder_rknn.RKNN_META_FORMAT
-RKNN_META_VERSION = 2                          # = daemons.vocoder_rknn.RKNN_META_VERSION
+RKNN_META_FORMAT = "qwen3-tts-vocoder-rknn"   # = daemons.engine.vocoder_rknn.RKNN_META_FORMAT
+RKNN_META_VERSION = 2                          # = daemons.engine.vocoder_rknn.RKNN_META_VERSION
 TARGET = "rk3588"
 PRECISIONS = ("int16", "fp16", "int8", "hybrid")
 DEFAULT_PRECISION = "int16"
@@ -268,8 +268,8 @@ def convert(model_dir: str | Path, precision: str = DEFAULT_PRECISION, chunk: in
     layout); returns the metadata (with accuracy)."""
     from rknn.api import RKNN
 
-    from daemons.vocoder import VocoderEngine
-    from daemons.vocoder_rknn import RknnVocoderEngine, rknn_meta_path
+    from daemons.engine.vocoder import VocoderEngine
+    from daemons.engine.vocoder_rknn import RknnVocoderEngine, rknn_meta_path
 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

@@ -15,7 +15,7 @@ Writes into OUT_DIR (the runtime model directory):
                           output xvector float32 [enc_dim] (1024 for the release)
                         = `Qwen3TTSForConditionalGeneration.speaker_encoder(mel)[0]`
   mel_filters.npy       librosa's slaney mel filterbank [128, 513] float32 (sr 24000, n_fft 1024, fmin 0,
-                        fmax 12000), so that the runtime front end (daemons/voice_encoder.py) needs no librosa
+                        fmax 12000), so that the runtime front end (daemons/engine/voice_encoder.py) needs no librosa
   (+ speech_encoder.onnx.data when the weights exceed 64 MiB, as for the vocoder)
 
 Both graphs are torch modules that reuse the official submodules (and so their weights) with a

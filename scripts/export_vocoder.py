@@ -26,7 +26,7 @@ masked by the position counter). The state layout (the "states" list of vocoder.
   dac_post_conv     [1, 96, 6]                final conv left context
 (dimensions for the released 0.6B config; `vocoder.json` written next to the model records the real ones.)
 
-Needs torch + qwen-tts (conversion time only); the runtime side is `daemons/vocoder.py` (onnxruntime).
+Needs torch + qwen-tts (conversion time only); the runtime side is `daemons/engine/vocoder.py` (onnxruntime).
 """
 from __future__ import annotations
 

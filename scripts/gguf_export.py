@@ -72,7 +72,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str, threads: int = 0) -> None:
     decides (relevant only for tiny test models)."""
     import llama_cpp as L
 
-    from daemons.llama_backend import _backend_init
+    from daemons.engine.llama_backend import _backend_init
 
     _backend_init()
     params = L.llama_model_quantize_default_params()

@@ -44,7 +44,7 @@ def official(tiny_ckpt):
 
 @pytest.fixture(scope="session")
 def synth(tiny_model):
-    from daemons.synth import Synthesizer
+    from daemons.engine.synth import Synthesizer
 
     s = Synthesizer(tiny_model, threads=2)
     yield s

@@ -244,7 +244,7 @@ def test_ipc_path_too_long(home):
 
 
 def test_sampling_keys_are_sampling_params_fields():
-    from daemons.sampling import SamplingParams
+    from daemons.engine.sampling import SamplingParams
 
     names = {f.name for f in dataclasses.fields(SamplingParams)}
     assert set(C._SAMPLING_KEYS) <= names
@@ -255,7 +255,7 @@ def test_sampling_keys_are_sampling_params_fields():
 def test_example_file_documents_every_key_with_its_default(home):
     """As shipped (everything commented out) the example is the defaults; with every `# key = value`
     line uncommented it is still valid, documents every key, and shows the defaults."""
-    from daemons.sampling import SamplingParams
+    from daemons.engine.sampling import SamplingParams
 
     assert load_config(EXAMPLE, env=env_for(home)) == dataclasses.replace(load_config(env=env_for(home)),
                                                                           source=EXAMPLE)

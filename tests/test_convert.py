@@ -38,7 +38,7 @@ def test_manifest_describes_the_model(tiny_ckpt, tiny_model):
 def test_runtime_imports_no_torch(tiny_model):
     """The board runtime (engines + synth) must not need torch."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from daemons.synth import Synthesizer\n"
+            "from daemons.engine.synth import Synthesizer\n"
             f"s = Synthesizer({str(tiny_model)!r}, threads=1)\n"
             "c, w, g = s.synthesize('hello there', 'english', max_frames=5)\n"
             "assert len(w) == len(c) * 1920, (len(w), len(c))\n"
@@ -49,7 +49,7 @@ def test_runtime_imports_no_torch(tiny_model):
 
 def test_synth_cli_writes_codes_and_wav(tiny_model, synth, tmp_path):
     codes_out, wav_out = tmp_path / "c.npy", tmp_path / "a.wav"
-    r = subprocess.run([sys.executable, "-m", "daemons.synth", "--model-dir", str(tiny_model), "--text",
+    r = subprocess.run([sys.executable, "-m", "daemons.engine.synth", "--model-dir", str(tiny_model), "--text",
                         "Hello, this is a test.", "--language", "english", "--greedy", "--max-frames", "30",
                         "--codes-out", str(codes_out), "--wav-out", str(wav_out), "--chunk-frames", "7"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from daemons.errors import InvalidRequest, InvalidText, ModelError, UnknownLanguage
+from daemons.engine.errors import InvalidRequest, InvalidText, ModelError, UnknownLanguage
 
 
 def _copy_ckpt(src, dst):
@@ -107,7 +107,7 @@ def test_engine_bad_inputs(synth):
 
 
 def test_model_dir_errors(tiny_model, tmp_path):
-    from daemons.manifest import ModelDir
+    from daemons.engine.manifest import ModelDir
 
     with pytest.raises(ModelError, match="not found"):
         ModelDir(tmp_path / "missing")
@@ -121,9 +121,9 @@ def test_model_dir_errors(tiny_model, tmp_path):
 
 
 def test_synth_cli_errors(tiny_model):
-    r = _run("-m", "daemons.synth", "--model-dir", str(tiny_model), "--text", "hi", "--language", "klingon")
+    r = _run("-m", "daemons.engine.synth", "--model-dir", str(tiny_model), "--text", "hi", "--language", "klingon")
     assert r.returncode == 2 and r.stderr.startswith("error: unknown language 'klingon'"), r.stderr
-    r = _run("-m", "daemons.synth", "--model-dir", str(tiny_model), "--text", " ", "--language", "english")
+    r = _run("-m", "daemons.engine.synth", "--model-dir", str(tiny_model), "--text", " ", "--language", "english")
     assert r.returncode == 2 and "text is empty" in r.stderr and "Traceback" not in r.stderr
-    r = _run("-m", "daemons.synth", "--model-dir", "/nonexistent", "--text", "hi")
+    r = _run("-m", "daemons.engine.synth", "--model-dir", "/nonexistent", "--text", "hi")
     assert r.returncode == 2 and "model directory not found" in r.stderr

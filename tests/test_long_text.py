@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, snr_db
-from daemons.generate import RunawayRules, frame_cap
-from daemons.segment import split_text
+from daemons.engine.generate import RunawayRules, frame_cap
+from daemons.engine.segment import split_text
 
 EN_PARA = ("The quick brown fox jumps over the lazy dog. Dr. Smith paid $3.50 for 2.5 kg of apples at 10 a.m. "
            "on Jan. 5, didn't he? It was a bright cold day in April, and the clocks were striking thirteen! ")
@@ -54,7 +54,7 @@ def test_loop_rule():
 
 
 def test_detection_never_alters_output_that_ends_on_eos(eos_ckpt, tmp_path):
-    from daemons.synth import Synthesizer
+    from daemons.engine.synth import Synthesizer
     from scripts.convert import convert
 
     s = Synthesizer(convert(eos_ckpt, tmp_path / "m", "f32", log=lambda *_: None), threads=2)

@@ -81,8 +81,8 @@ def test_runtime_tokenizer_matches_official(synth, official):
 
 def test_stops_on_eos_like_official(eos_ckpt, tmp_path):
     """Where the official generate() stops on EOS, ours stops on the same frame with the same codes."""
-    from daemons.generate import Generation
-    from daemons.synth import Synthesizer
+    from daemons.engine.generate import Generation
+    from daemons.engine.synth import Synthesizer
     from scripts.convert import convert
     from scripts.official import load_official
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from daemons.synth import Synthesizer
+from daemons.engine.synth import Synthesizer
 
 FRAMES = 40
 TEXT = "Hello, this is a test of the text to speech system."

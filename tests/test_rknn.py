@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from daemons.config import ConfigError, VocoderBackend, load_config, parse_npu_core_mask
-from daemons.vocoder import VocoderEngine
-from daemons.vocoder_rknn import (RKNN_META_FORMAT, RKNN_META_VERSION, RknnUnavailable, RknnVocoderEngine,
-                                  open_vocoder, read_rknn_meta)
+from daemons.engine.vocoder import VocoderEngine
+from daemons.engine.vocoder_rknn import (RKNN_META_FORMAT, RKNN_META_VERSION, RknnUnavailable, RknnVocoderEngine,
+                                         read_rknn_meta)
+from daemons.vocoder_backend import open_vocoder
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PY = ROOT / ".venv-rknn" / "bin" / "python"
@@ -194,8 +195,8 @@ def test_daemon_configuration_selects_onnx_here(tiny_model, tmp_path):
                         "import logging, sys\n"
                         "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(name)s %(message)s')\n"
                         "from daemons.config import load_config\n"
-                        "from daemons.vocoder_rknn import open_vocoder\n"
-                        "from daemons.manifest import ModelDir\n"
+                        "from daemons.vocoder_backend import open_vocoder\n"
+                        "from daemons.engine.manifest import ModelDir\n"
                         "cfg = load_config(); md = ModelDir(cfg.model_dir)\n"
                         "e = open_vocoder(md.file(md.vocoder['onnx']), md.vocoder, cfg.vocoder_backend, threads=1,"
                         " model_dir=md.path, log=logging.getLogger('qwen3_tts.vocoder'))\n"

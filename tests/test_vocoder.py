@@ -1,6 +1,6 @@
 """Streaming ONNX vocoder vs the official decoder (tiny random checkpoint).
 
-The export (scripts/export_vocoder.py) runs once per session; the engine (daemons/vocoder.py) decodes
+The export (scripts/export_vocoder.py) runs once per session; the engine (daemons/engine/vocoder.py) decodes
 random codes one-shot and in chunks of 1, 4 and 25 frames. Exactness = SNR >= 60 dB against one
 official forward over all frames, and exactly frames*1920 samples."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ try:  # the official classes (conversion-time dependency); absent on a runtime-o
 except Exception as e:  # pragma: no cover
     pytest.skip(f"qwen-tts not importable: {e}", allow_module_level=True)
 
-from daemons.vocoder import VocoderEngine  # noqa: E402
+from daemons.engine.vocoder import VocoderEngine  # noqa: E402
 
 SEED = 1234
 FRAMES = 210  # > 2 sliding windows (72) of the pre-transformer, exercises KV eviction and masking

@@ -34,7 +34,7 @@ def greedy(synth):
 
 # --- voice files ------------------------------------------------------------------------------------
 def test_voice_file_round_trip_and_errors(tmp_path):
-    from daemons.voice import Voice, VoiceError, find_voice
+    from daemons.engine.voice import Voice, VoiceError, find_voice
 
     rng = np.random.default_rng(1)
     v = Voice(rng.standard_normal(64).astype(np.float32) * 1e-3, rng.integers(0, 2048, (7, 16)), "Hi there.",
@@ -63,8 +63,8 @@ def test_voice_file_round_trip_and_errors(tmp_path):
 
 
 def test_reference_audio_checks(tiny_model, tmp_path):
-    from daemons.errors import InvalidRequest
-    from daemons.voice import encode_voice
+    from daemons.engine.errors import InvalidRequest
+    from daemons.engine.voice import encode_voice
 
     for audio, msg in [((ref_audio(0.5, 24000), 24000), "too short"), ((ref_audio(31, 8000), 8000), "too long"),
                        ((np.zeros(48000, np.float32), 24000), "silent"), (b"RIFF\x00garbage" * 10, "cannot read reference audio")]:
@@ -95,7 +95,7 @@ def test_clone_matches_official_generate_voice_clone(case, synth, official, monk
     import soundfile as sf
     import torch
 
-    from daemons.voice import encode_voice
+    from daemons.engine.voice import encode_voice
 
     c = CLONES[case]
     wav = ref_audio(c["seconds"], c["sr"], c["channels"], seed=len(case))
@@ -148,7 +148,7 @@ def test_clone_matches_official_generate_voice_clone(case, synth, official, monk
 def test_icl_audio_is_the_cut_of_decoding_reference_plus_output(synth):
     """The vocoder started with the reference frames as left context gives exactly the tail of one decode of
     reference + generated frames, in any chunking; without the context it does not."""
-    from daemons.voice import Voice
+    from daemons.engine.voice import Voice
 
     rng = np.random.default_rng(3)
     cb = synth.md.predictor["codebook_size"]
@@ -164,7 +164,7 @@ def test_icl_audio_is_the_cut_of_decoding_reference_plus_output(synth):
 
 # --- prompt-prefix cache ------------------------------------------------------------------------------
 def test_prefix_cache_skips_the_voice_prefill_and_keeps_the_codes(synth):
-    from daemons.voice import Voice
+    from daemons.engine.voice import Voice
 
     rng = np.random.default_rng(11)
     cb = synth.md.predictor["codebook_size"]
@@ -201,9 +201,9 @@ def test_prefix_cache_skips_the_voice_prefill_and_keeps_the_codes(synth):
 
 
 def test_prefix_cache_survives_a_restart(tiny_model, tmp_path):
-    from daemons.manifest import ModelDir
-    from daemons.prompt import PromptBuilder
-    from daemons.talker import TalkerEngine
+    from daemons.engine.manifest import ModelDir
+    from daemons.engine.prompt import PromptBuilder
+    from daemons.engine.talker import TalkerEngine
 
     md = ModelDir(tiny_model)
     rows = PromptBuilder(md).build("Hi.", "english", xvector=np.ones(md.talker["hidden_size"], np.float32))
@@ -223,12 +223,12 @@ def test_prefix_cache_survives_a_restart(tiny_model, tmp_path):
 def voice_cluster(tiny_model, tmp_path_factory):
     from test_long_text import start_cluster, stop_cluster
 
-    from daemons.voice import Voice
+    from daemons.engine.voice import Voice
 
     tmp = tmp_path_factory.mktemp("vc")
     (tmp / "voices").mkdir()
     rng = np.random.default_rng(21)  # a named in-context voice present at start: primed while idle
-    from daemons.manifest import ModelDir
+    from daemons.engine.manifest import ModelDir
 
     md = ModelDir(tiny_model)
     Voice(rng.standard_normal(md.talker["hidden_size"]).astype(np.float32),
@@ -262,7 +262,7 @@ def test_named_voices_are_primed_while_idle(voice_cluster, synth):
     import time
 
     from client.api import TTSClient
-    from daemons.voice import find_voice
+    from daemons.engine.voice import find_voice
 
     la = voice_cluster
     deadline = time.monotonic() + 120
@@ -290,7 +290,7 @@ def test_encode_voice_cli_and_clone_through_the_daemons(voice_cluster, synth, tm
     import soundfile as sf
 
     from client.api import TTSClient
-    from daemons.voice import Voice
+    from daemons.engine.voice import Voice
 
     la = voice_cluster
     wav = ref_audio(3.0, 44100, channels=2, seed=5)

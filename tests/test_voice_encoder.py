@@ -1,4 +1,4 @@
-"""Voice-cloning encoders: the torch-free engine (daemons/voice_encoder.py, ONNX graphs written by
+"""Voice-cloning encoders: the torch-free engine (daemons/engine/voice_encoder.py, ONNX graphs written by
 scripts/export_encoders.py at conversion) vs the official qwen-tts modules, tiny random checkpoint.
 
 For each synthetic reference recording (chirp + noise; 24 kHz, 16 kHz FLAC, 44.1 kHz stereo PCM-16; lengths
@@ -37,8 +37,8 @@ try:  # the official classes (conversion-time dependency); absent on a runtime-o
 except Exception as e:  # pragma: no cover
     pytest.skip(f"qwen-tts not importable: {e}", allow_module_level=True)
 
-from daemons.errors import InvalidRequest, ModelError  # noqa: E402
-from daemons.voice_encoder import VoiceEncoder, load_audio, resample_24k  # noqa: E402
+from daemons.engine.errors import InvalidRequest, ModelError  # noqa: E402
+from daemons.engine.voice_encoder import VoiceEncoder, load_audio, resample_24k  # noqa: E402
 
 HOP = 1920
 MIN_COS = 0.9999
@@ -265,7 +265,7 @@ def test_runtime_needs_no_torch_or_librosa(tiny_model):
 
     code = ("import sys; sys.modules['torch'] = None; sys.modules['librosa'] = None\n"
             "import numpy as np\n"
-            "from daemons.voice_encoder import VoiceEncoder, resample_24k\n"
+            "from daemons.engine.voice_encoder import VoiceEncoder, resample_24k\n"
             f"e = VoiceEncoder({str(tiny_model)!r}, threads=1)\n"
             "w = resample_24k((np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32), 16000)\n"
             "c, x = e.codes(w), e.xvector(w)\n"

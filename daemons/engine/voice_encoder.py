@@ -10,7 +10,7 @@ Both run on the same waveform: mono (channels averaged), resampled to 24 kHz wit
 librosa.resample does it (length ceil(n * 24000 / sr)), no normalisation. The ONNX graphs and the mel
 filterbank are written at conversion time by `scripts/export_encoders.py` (manifest key "voice").
 
-    enc = VoiceEncoder("model")                       # or a daemons.manifest.ModelDir
+    enc = VoiceEncoder("model")                       # or a daemons.engine.manifest.ModelDir
     wav, sr = load_audio("ref.wav")                   # any format/channel count soundfile reads
     wav24 = resample_24k(wav, sr)
     codes, xvec = enc.codes(wav24), enc.xvector(wav24)   # or: codes, xvec = enc.encode("ref.wav")

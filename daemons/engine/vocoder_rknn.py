@@ -1,6 +1,6 @@
-"""Streaming vocoder on the RK3588 NPU (rknn-toolkit-lite2), and the vocoder backend selection.
+"""Streaming vocoder on the RK3588 NPU (rknn-toolkit-lite2); the backend choice is `daemons.vocoder_backend`.
 
-`scripts/convert_rknn.py` converts the stateful chunk step `vocoder.onnx` (see `daemons/vocoder.py`) with a
+`scripts/convert_rknn.py` converts the stateful chunk step `vocoder.onnx` (see `daemons/engine/vocoder.py`) with a
 FIXED chunk of N frames (RKNN graphs have static shapes). Its sidecar `<file>.rknn.json` records N, the
 precision, the graph layout and the tensor order. Two layouts:
 
@@ -19,9 +19,6 @@ n frames in, n * 1920 samples out, immediately (no buffering, no flush, no added
 talker's steady chunk of 4 frames and N = 4 everything but the first chunk (2 frames) and the
 remainder of a sentence runs on the NPU. Both backends compute the same function, so the hand-over is
 seam-free up to the NPU's precision (measured in docs/RKNN.md).
-
-    engine = open_vocoder(model_dir, manifest["vocoder"], VocoderBackend(), threads=2, log=logger)
-    # -> RknnVocoderEngine when the NPU path works, else VocoderEngine (onnxruntime), one log line why
 """
 from __future__ import annotations
 
@@ -245,41 +242,3 @@ class RknnVocoderStream(VocoderStream):
         other = RknnVocoderStream(self.engine)
         other.set_state(self.get_state(), self.frames)
         return other
-
-
-def open_vocoder(onnx_model: str | Path, state_spec: Mapping[str, Any] | str | Path | None = None,
-                 backend_cfg: Any = None, *, threads: int | None = None, model_dir: str | Path | None = None,
-                 log: logging.Logger | None = None):
-    """The vocoder engine for the configured backend (`daemons.config.VocoderBackend`; None = defaults).
-
-    backend "onnx": onnxruntime. "auto"/"rknn": `RknnVocoderEngine` when the .rknn file (relative to
-    `model_dir`, default the folder of `onnx_model`), rknn-toolkit-lite2 and the NPU driver all work,
-    else onnxruntime and exactly one log line saying why (info for "auto", warning for "rknn").
-    The onnxruntime engine is always built: it is the fallback and decodes the partial chunks."""
-    from .config import DEFAULT_RKNN_FILE, ConfigError, VocoderBackend, parse_npu_core_mask
-
-    log = log or logging.getLogger("qwen3_tts.vocoder")
-    b = backend_cfg if backend_cfg is not None else VocoderBackend()
-    cpu = VocoderEngine(onnx_model, state_spec, threads=threads)
-    if b.backend == "onnx":
-        log.info("vocoder backend: onnxruntime (backend = \"onnx\")")
-        return cpu
-    base = Path(model_dir) if model_dir is not None else Path(onnx_model).parent
-    if Path(onnx_model).is_dir() and model_dir is None:
-        base = Path(onnx_model)
-    rknn_path = Path(b.rknn_file or DEFAULT_RKNN_FILE)
-    if not rknn_path.is_absolute():
-        rknn_path = base / rknn_path
-    try:
-        mask = parse_npu_core_mask(b.npu_core_mask, "vocoder.npu_core_mask")
-        eng = RknnVocoderEngine(rknn_path, cpu, core_mask=mask, threads=threads)
-    except (RknnUnavailable, ConfigError, ModelError) as e:
-        what = getattr(e, "what", "config")
-        level = logging.WARNING if b.backend == "rknn" else logging.INFO
-        log.log(level, "vocoder backend: onnxruntime (RKNN %s unavailable: %s)", what, e)
-        cpu.fallback_reason = f"{what}: {e}"
-        return cpu
-    log.info("vocoder backend: rknn (%s, %s, %s graph, chunk %d, npu_core_mask %s; partial chunks on onnxruntime)",
-             rknn_path, eng.precision, eng.graph, eng.chunk, b.npu_core_mask)
-    return eng
-

@@ -51,11 +51,11 @@ class VocoderEngine:
     `spinning`: let idle intra-op threads busy-wait between ops (faster, but burns CPU that the talker
     and code predictor may need when they share the cores; off by default).
     Sessions are not re-entrant per stream; different streams may be decoded from different threads.
-    (The RK3588 NPU backend with the same interface is `daemons.vocoder_rknn.RknnVocoderEngine`.)
+    (The RK3588 NPU backend with the same interface is `daemons.engine.vocoder_rknn.RknnVocoderEngine`.)
     """
 
     backend = "onnx"
-    fallback_reason: str | None = None  # set by daemons.vocoder_rknn.open_vocoder when RKNN was not usable
+    fallback_reason: str | None = None  # set by daemons.engine.vocoder_rknn.open_vocoder when RKNN was not usable
 
     def __init__(self, model: str | Path, state_spec: Mapping[str, Any] | str | Path | None = None,
                  threads: int | None = None, *, spinning: bool = False, providers: list | None = None):

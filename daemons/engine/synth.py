@@ -1,7 +1,7 @@
 """In-process synthesis (no daemons): prompt -> talker + code predictor -> streaming vocoder.
 For debugging and parity checks:
 
-    python -m daemons.synth --model-dir DIR --text T --language L [--greedy] [--seed N] [--max-frames N]
+    python -m daemons.engine.synth --model-dir DIR --text T --language L [--greedy] [--seed N] [--max-frames N]
                             [--codes-out F.npy] [--wav-out F.wav] [--chunk-frames N]
 """
 from __future__ import annotations

@@ -1,0 +1,225 @@
+"""The talker's per-request state machine (daemons/talker_request.py) without sockets: real tiny-model
+engines in-process, a recording stand-in for the two outlets (client, vocoder stream).
+
+Requests here set `min_new_tokens` beyond their frame cap, so EOS cannot end them: how many frames each
+segment makes is decided by construction, not by the random weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from daemons import protocol
+from daemons.config import Limits
+from daemons.engine.segment import plan_segments
+from daemons.talker_request import Engines, Request, RequestFailed
+
+NO_EOS = 10 ** 6
+
+
+class Recorder:
+    """Both outlets of a request; `vocoder_up` / `client_up` switch a side off."""
+
+    def __init__(self):
+        self.to_client, self.to_vocoder = [], []
+        self.client_up = self.vocoder_up = True
+
+    def client(self, frames):
+        if self.client_up:
+            self.to_client.append(protocol.decode(_bytes(frames)))
+        return self.client_up
+
+    def vocoder(self, frames):
+        if self.vocoder_up:
+            self.to_vocoder.append(protocol.decode(_bytes(frames)))
+        return self.vocoder_up
+
+    def client_types(self):
+        return [m.type for m in self.to_client]
+
+
+def _bytes(frames):
+    return [bytes(f) for f in frames]
+
+
+def make(synth, text, *, limits=None, seed=7, cap=40, pause_ms=0, context=None, **params):
+    limits = limits or Limits()
+    p = synth.sampling(seed=seed, min_new_tokens=NO_EOS, **params)
+    segs = plan_segments(synth.prompts, text, "english", max_frames=cap, max_chars=limits.segment_max_chars,
+                         cap_base=limits.cap_base_frames, cap_per_token=limits.cap_frames_per_token)
+    req = Request("r1", b"client", segs, p, True, pause_ms * 24, context=context)
+    eng = Engines(synth.talker, synth.predictor, synth.md.talker["codec_vocab"], synth.md.special["codec_eos"],
+                  limits, random_weights=True)
+    links = Recorder()
+    req.begin(eng, links, seed)
+    return req, links
+
+
+def run(req, links, vocoder, max_steps=10_000):
+    """Step until generation ends, answering every vocoder message with the real streaming vocoder."""
+    stream = vocoder.new_stream()
+    answered = 0
+    for _ in range(max_steps):
+        if req.state == "generating":
+            req.step()
+        for m in links.to_vocoder[answered:]:
+            answered += 1
+            if m.type == "frames":
+                pcm = stream.decode(m.arrays["codes"])
+            elif m.type == "pause":
+                pcm = np.zeros(m.header["samples"], np.float32)
+            else:
+                continue
+            req.deliver(protocol.Message("audio", {"seq": m.header["seq"], "pause": m.type == "pause"},
+                                         {"pcm": pcm}))
+        if req.state in ("done", "gone"):
+            return
+    raise AssertionError(f"request still {req.state} after {max_steps} steps")
+
+
+def test_one_segment_frames_chunks_and_done(synth):
+    req, links = make(synth, "Hello there.", cap=11)
+    run(req, links, synth.vocoder)
+    ref = np.stack(list(synth.frames("Hello there.", "english", max_frames=11,
+                                     params=synth.sampling(seed=7, min_new_tokens=NO_EOS))))
+    assert len(ref) == 11
+    done = links.to_client[-1]
+    assert done.type == "done" and done.header["frames"] == 11 and done.header["stop"] == "max_frames"
+    assert (done.arrays["codes"] == ref).all()
+    assert done.header["random_weights"] is True and done.header["seed"] == 7
+    # chunks to the vocoder: first 2 frames, then 4 at a time, the rest at the end; seq numbered in order
+    sizes = [len(m.arrays["codes"]) for m in links.to_vocoder if m.type == "frames"]
+    assert sizes == [2, 4, 4, 1]
+    assert [m.header["seq"] for m in links.to_vocoder if m.type == "frames"] == [0, 1, 2, 3]
+    # one progress per frame, audio for every frame, in order, before done
+    types = links.client_types()
+    assert types.count("progress") == 11 and types.count("audio") == 4
+    assert sum(len(m.arrays["pcm"]) for m in links.to_client if m.type == "audio") == 11 * 1920
+    assert types.index("done") == len(types) - 1
+
+
+def test_segments_with_pause_in_stream_order(synth):
+    text = "First sentence here. Second one follows."
+    req, links = make(synth, text, cap=6, pause_ms=100)
+    assert len(req.segments) == 2
+    run(req, links, synth.vocoder)
+    kinds = [(m.type, m.header["seq"]) for m in links.to_vocoder if m.type in ("frames", "pause")]
+    assert [k for k, _ in kinds] == ["frames", "frames", "pause", "frames", "frames"]
+    assert [s for _, s in kinds] == list(range(5))
+    pause = next(m for m in links.to_vocoder if m.type == "pause")
+    assert pause.header["samples"] == 2400
+    done = links.to_client[-1]
+    assert [s["stop"] for s in done.header["segments"]] == ["max_frames", "max_frames"]
+    assert [s["seed"] for s in done.header["segments"]] == [7, 8]  # base seed + segment index
+    audio = sum(len(m.arrays["pcm"]) for m in links.to_client if m.type == "audio")
+    assert audio == 12 * 1920 + 2400
+
+
+def test_client_gone_stops_within_a_frame(synth):
+    req, links = make(synth, "Hello there.", cap=40)
+    for _ in range(3):
+        req.step()
+    links.client_up = False
+    req.step()
+    assert req.state == "gone" and len(req.frames) == 4
+    req.close()
+    assert links.to_vocoder[-1].type == "close"
+
+
+def test_vocoder_away_then_timeout(synth):
+    lim = Limits(vocoder_timeout_s=0.5)
+    req, links = make(synth, "Hello there.", cap=40, limits=lim)
+    links.vocoder_up = False
+    req.step()
+    req.step()  # the first chunk (2 frames) cannot be handed over
+    assert req.blocked_since is not None and len(req.pending) == 2
+    req.overdue(req.blocked_since + 0.1)  # not yet
+    with pytest.raises(RequestFailed) as ei:
+        req.overdue(req.blocked_since + 0.6)
+    assert ei.value.code == "vocoder_unavailable"
+    links.vocoder_up = True  # reconnected in time: the waiting frames go out with the next chunk
+    req2, links2 = make(synth, "Hello there.", cap=40, limits=lim)
+    links2.vocoder_up = False
+    req2.step(), req2.step()
+    links2.vocoder_up = True
+    req2.step()
+    assert [len(m.arrays["codes"]) for m in links2.to_vocoder if m.type == "frames"] == [3]
+    assert req2.blocked_since is None
+
+
+def test_out_of_order_or_error_audio_fails(synth):
+    req, links = make(synth, "Hello there.", cap=40)
+    req.step(), req.step()
+    with pytest.raises(RequestFailed) as ei:
+        req.deliver(protocol.Message("audio", {"seq": 1}, {"pcm": np.zeros(1920, np.float32)}))
+    assert ei.value.code == "vocoder_unavailable" and "out of order" in ei.value.message
+    with pytest.raises(RequestFailed) as ei:
+        req.deliver(protocol.Message("error", {"message": "boom"}, {}))
+    assert "boom" in ei.value.message
+
+
+def test_request_timeout(synth):
+    req, links = make(synth, "Hello there.", limits=Limits(request_timeout_s=2.0))
+    with pytest.raises(RequestFailed) as ei:
+        req.overdue(req.accepted + 2.5)
+    assert ei.value.code == "timeout"
+
+
+def test_silence_rule_after_text_only(synth):
+    """Near-silent audio stops a segment only once its text is used up, after `silence_frames` frames."""
+    lim = Limits(silence_frames=5, chunk_frames=1, first_chunk_frames=1)
+    req, links = make(synth, "Hello there, how are you today?", cap=200, limits=lim)
+    text_end = req.text_end
+    assert text_end > 3
+    answered = 0
+    while req.state == "generating":
+        req.step()
+        for m in links.to_vocoder[answered:]:
+            answered += 1
+            if m.type == "frames":  # the "vocoder" returns silence for every frame
+                req.deliver(protocol.Message("audio", {"seq": m.header["seq"]},
+                                             {"pcm": np.zeros(1920 * len(m.arrays["codes"]), np.float32)}))
+    done = links.to_client[-1]
+    assert done.header["stop"] == "runaway_silence"
+    # silence counted from text_end on: 5 frames heard silent, then one more step notices the flag
+    assert text_end + 5 <= done.header["frames"] <= text_end + 6
+
+
+class PeriodicTalker:
+    """The real tiny talker, with its code-0 logits steered to a period-3 cycle: a runaway loop made on
+    purpose (random weights may or may not fall into one by themselves)."""
+
+    def __init__(self, talker, start_loop_at: int):
+        self.t, self.start, self.n = talker, start_loop_at, 0
+        self.capacity = talker.capacity
+
+    def _steer(self, out):
+        hidden, logits = out
+        self.n += 1
+        if self.n > self.start:
+            logits = np.array(logits, copy=True)
+            logits[[3, 7, 11][self.n % 3]] += 1e4
+        return hidden, logits
+
+    def prefill(self, rows, fixed=0):
+        self.n = 0
+        return self._steer(self.t.prefill(rows, fixed))
+
+    def step(self, row):
+        return self._steer(self.t.step(row))
+
+
+@pytest.mark.parametrize("loop_frames", [12, 0])
+def test_loop_rule_stops_a_repeating_code0(synth, loop_frames):
+    """A code-0 history that repeats ends the segment as runaway_loop once `loop_frames` values repeat;
+    with the rule off (0) the same request runs to its cap."""
+    req, links = make(synth, "Hello there, how are you today?", cap=200, limits=Limits(loop_frames=loop_frames))
+    req.engines.talker = PeriodicTalker(synth.talker, start_loop_at=5)
+    req.seg = -1
+    req._next_segment()  # restart the segment with the steered talker
+    run(req, links, synth.vocoder)
+    done = links.to_client[-1].header
+    if loop_frames:
+        # at most 5 free frames, then the cycle: the rule fires once 12 values repeat with a period <= 8
+        assert done["stop"] == "runaway_loop" and 12 <= done["frames"] <= 5 + 12 + 3
+    else:
+        assert done["stop"] == "max_frames" and done["frames"] == req.segments[0].cap

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemons import sampling as S
+from daemons.engine import sampling as S
 
 
 def full_vector_draw(logits, temperature, top_k, rng):

@@ -73,6 +73,9 @@ class Limits:
     chunk_frames: int = 4
     first_chunk_frames: int = 2
     max_frames: int = 2048
+    client_queue_size: int = 4        # waiting requests one client connection may hold (fairness)
+    max_ref_frames: int = 400         # reference codes of an in-context voice (32 s; encode-voice takes <= 30 s)
+    drain_timeout_s: float = 20.0     # on SIGTERM, requests still running after this end with shutting_down
     # long text: sentence segments, per-segment frame caps, runaway detection (0 disables where noted)
     segment_max_chars: int = 300
     pause_ms: int = 150               # silence between segments (0: none)

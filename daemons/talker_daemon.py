@@ -4,6 +4,7 @@ its audio to the client. One utterance generates at a time; others wait in a bou
 (round robin over clients); the vocoder of a finished utterance overlaps the next one's generation."""
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -12,7 +13,7 @@ import numpy as np
 import zmq
 
 from . import protocol
-from .engine.errors import InvalidText, TTSError
+from .engine.errors import InvalidRequest, InvalidText, TTSError
 from .engine.manifest import ModelDir
 from .engine.prompt import PromptBuilder
 from .engine.sampling import SamplingParams
@@ -25,6 +26,33 @@ from .talker_request import Engines, Request, RequestFailed
 CLIENT_PARAMS = {"do_sample": bool, "temperature": float, "top_k": int, "top_p": float,
                  "repetition_penalty": float, "sub_do_sample": bool, "sub_temperature": float,
                  "sub_top_k": int, "sub_top_p": float, "seed": int}
+# Towards clients: a bounded send queue (~25 MB of audio and progress per client); a client that stops
+# reading until it fills loses its request (logged), it cannot make the talker hold unbounded memory.
+CLIENT_SNDHWM = 4096
+FRONT_RCVHWM = 256
+
+
+def parse_params(user, defaults: SamplingParams) -> SamplingParams:
+    """A request's sampling parameters over the defaults: known keys, right types, finite numbers, integers
+    that are integers, then `SamplingParams.validate` for the ranges. ValueError names the bad key."""
+    if not isinstance(user, dict) or set(user) - set(CLIENT_PARAMS):
+        raise ValueError(f"params must be an object with keys among {', '.join(CLIENT_PARAMS)}")
+    params = SamplingParams(**vars(defaults))
+    for k, v in user.items():
+        typ = CLIENT_PARAMS[k]
+        if typ is bool:
+            if not isinstance(v, bool):
+                raise ValueError(f"{k} must be a boolean")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (typ is int and v != int(v)):
+            raise ValueError(f"{k} must be a finite {'integer' if typ is int else 'number'}")
+        if k == "seed" and not 0 <= v < 1 << 63:
+            raise ValueError("seed must be in [0, 2**63)")
+        if k in ("top_k", "sub_top_k") and not 0 <= v <= 1 << 20:
+            raise ValueError(f"{k} must be in 0..{1 << 20} (0 disables)")
+        setattr(params, k, typ(v))
+    params.validate()
+    return params
 
 
 class RemotePredictor:
@@ -91,20 +119,20 @@ class TalkerDaemon(Service):
         self.defaults = SamplingParams.from_generation_config(self.md.generation, **{
             k: v for k, v in self.cfg.sampling.items() if k in CLIENT_PARAMS})
         self.front = self.bind_router(self.cfg.endpoints["talker"])
-        # No send high-water mark towards clients: a slow reader must not look like a vanished one (EAGAIN),
-        # and what can queue up is bounded anyway by max_frames (progress + audio of one utterance).
-        self.front.setsockopt(zmq.SNDHWM, 0)
+        self.front.setsockopt(zmq.SNDHWM, CLIENT_SNDHWM)  # set before clients connect: applies to their pipes
+        self.front.setsockopt(zmq.RCVHWM, FRONT_RCVHWM)
         self.pred_sock = self.connect_dealer(self.cfg.endpoints["predictor"])
         self.voc = self.connect_dealer(self.cfg.endpoints["vocoder"])
         self.predictor = RemotePredictor(self.pred_sock, self.limits.predictor_timeout_s,
                                          self.limits.max_message_bytes)
         self.engines = Engines(self.engine, self.predictor, self.md.talker["codec_vocab"],
-                               self.md.special["codec_eos"], self.limits,
+                               self.md.special["codec_eos"], self.limits, n_ctx=self.engine.lm.n_ctx,
                                random_weights=bool(self.md.manifest["source"].get("random_weights")))
         self.queues: OrderedDict[bytes, deque] = OrderedDict()  # client -> its waiting requests
         self.active: Request | None = None
-        self.draining: dict[str, Request] = {}
-        self.known_ids: set[str] = set()
+        self.draining: dict[str, Request] = {}      # by wire id: generated, audio still coming
+        self.requests: dict[tuple[bytes, str], Request] = {}  # (client, its id): every live request
+        self.drain_deadline: float | None = None
 
     def warmup(self) -> None:
         p = self.prompts.build("warm up", "auto")
@@ -131,16 +159,28 @@ class TalkerDaemon(Service):
                                                     active=self.active is not None))
             return
         if msg.type == "cancel":
-            self.cancel(rid, "cancelled by the client")
+            req = self.requests.get((ident, rid))  # a client can cancel its own requests only
+            if req is not None:
+                self.fail(req, "cancelled", "cancelled by the client")
             return
         if msg.type != "synthesize":
             self.send_client(ident, protocol.error(rid, "bad_request", f"unknown message type {msg.type!r}"))
             return
-        if rid is None or rid in self.known_ids:
+        if rid is None or (ident, rid) in self.requests:
             self.send_client(ident, protocol.error(rid, "bad_request", "synthesize needs a new unique id"))
             return
         if self.stop_requested:
             self.send_client(ident, protocol.error(rid, "shutting_down", "the talker daemon is stopping"))
+            return
+        # admission before any work: a refused request costs no tokenizing, no voice, no prompt rows
+        mine = len(self.queues.get(ident, ()))
+        if self.queued() >= self.limits.queue_size + (self.active is None):
+            self.send_client(ident, protocol.error(rid, "busy", f"{self.queued()} requests are waiting; "
+                                                                "try again later"))
+            return
+        if mine >= self.limits.client_queue_size:
+            self.send_client(ident, protocol.error(rid, "busy", f"this connection already has {mine} requests "
+                                                                "waiting; try again later"))
             return
         try:
             req = self.make_request(ident, msg)
@@ -150,37 +190,28 @@ class TalkerDaemon(Service):
         except ValueError as e:
             self.send_client(ident, protocol.error(rid, "invalid_request", str(e)))
             return
-        # an idle talker starts the first waiting request at once, so it does not take a queue place
-        if self.queued() >= self.limits.queue_size + (self.active is None):
-            self.send_client(ident, protocol.error(rid, "busy", f"{self.queued()} requests are waiting; "
-                                                                "try again later"))
-            return
         self.queues.setdefault(ident, deque()).append(req)
-        self.known_ids.add(rid)
+        self.requests[(ident, rid)] = req
         self.send_client(ident, protocol.encode("accepted", id=rid, position=self.queued()))
 
     def make_request(self, ident: bytes, msg: protocol.Message) -> Request:
         h = msg.header
+        L = self.limits
         text = h.get("text")
-        if isinstance(text, str) and len(text) > self.limits.max_text_chars:
-            raise InvalidText(f"text is too long: {len(text)} characters (limit {self.limits.max_text_chars})")
-        params = SamplingParams(**vars(self.defaults))
-        user = h.get("params") or {}
-        if not isinstance(user, dict) or set(user) - set(CLIENT_PARAMS):
-            raise ValueError(f"params must be an object with keys among {', '.join(CLIENT_PARAMS)}")
-        for k, v in user.items():
-            typ = CLIENT_PARAMS[k]
-            if typ is bool and not isinstance(v, bool) or typ is not bool and (
-                    isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and v != int(v))):
-                raise ValueError(f"{k} must be a {typ.__name__}")
-            setattr(params, k, typ(v))
-        params.validate()
-        max_frames = h.get("max_frames", self.limits.max_frames)
+        if isinstance(text, str) and len(text) > L.max_text_chars:
+            raise InvalidText(f"text is too long: {len(text)} characters (limit {L.max_text_chars})")
+        params = parse_params(h.get("params") or {}, self.defaults)
+        max_frames = h.get("max_frames", L.max_frames)
         if not isinstance(max_frames, int) or isinstance(max_frames, bool) or max_frames < 1:
             raise ValueError("max_frames must be a positive integer")
-        L = self.limits
+        pause_ms = h.get("pause_ms", L.pause_ms)
+        if not isinstance(pause_ms, int) or isinstance(pause_ms, bool) or not 0 <= pause_ms <= 5000:
+            raise ValueError("pause_ms must be an integer in 0..5000")
+        language = h.get("language", "auto")
+        if language is not None and not isinstance(language, str):
+            raise ValueError("language must be a string (a language name or auto)")
         cap = min(max_frames, L.max_frames)
-        language, ns, xv = h.get("language", "auto"), bool(h.get("non_streaming")), msg.arrays.get("xvector")
+        ns, xv = bool(h.get("non_streaming")), msg.arrays.get("xvector")
         ref_codes = ref_text = None
         voice = self.request_voice(h.get("voice"), h.get("voice_mode"))
         if voice is not None:
@@ -188,20 +219,15 @@ class TalkerDaemon(Service):
             if language in (None, "", "auto"):
                 language = voice.language
         if h.get("segment", True):
+            # lazily: only the first prompt is built now; the others when their sentence starts
             segments = plan_segments(self.prompts, text, language, max_frames=cap, non_streaming=ns, xvector=xv,
                                      ref_codes=ref_codes, ref_text=ref_text, max_chars=L.segment_max_chars,
-                                     cap_base=L.cap_base_frames, cap_per_token=L.cap_frames_per_token)
+                                     cap_base=L.cap_base_frames, cap_per_token=L.cap_frames_per_token, lazy=True)
         else:
             segments = [Segment(text, self.prompts.build(text, language, non_streaming=ns, xvector=xv,
                                                          ref_codes=ref_codes, ref_text=ref_text), cap)]
-        for sg in segments:
-            room = self.engine.lm.n_ctx - len(sg.prompt.prefill)
-            if room < 1:
-                raise ValueError("a segment's prompt does not fit the talker context")
-            sg.cap = min(sg.cap, room)
-        pause_ms = h.get("pause_ms", L.pause_ms)
-        if not isinstance(pause_ms, int) or isinstance(pause_ms, bool) or not 0 <= pause_ms <= 5000:
-            raise ValueError("pause_ms must be an integer in 0..5000")
+        if len(segments[0].prompt.prefill) >= self.engine.lm.n_ctx:
+            raise ValueError("a segment's prompt does not fit the talker context")
         return Request(msg.id, ident, segments, params, bool(h.get("return_codes")), pause_ms * 24,
                        context=ref_codes)
 
@@ -221,53 +247,54 @@ class TalkerDaemon(Service):
             raise ValueError("voice_mode must be one of auto, icl, xvector")
         if mode == "icl" and voice.mode != "icl":
             raise ValueError("voice_mode icl needs a voice with reference codes and a transcript")
+        if mode != "xvector" and voice.ref_codes is not None and len(voice.ref_codes) > self.limits.max_ref_frames:
+            raise InvalidRequest(f"the voice's reference has {len(voice.ref_codes)} frames; at most "
+                                 f"{self.limits.max_ref_frames} ({self.limits.max_ref_frames * 0.08:g} s)")
         return voice.as_xvector_only() if mode == "xvector" else voice
-
-    def cancel(self, rid: str | None, why: str) -> None:
-        for q in self.queues.values():
-            for r in list(q):
-                if r.id == rid:
-                    q.remove(r)
-                    self.fail(r, "cancelled", why)
-                    return
-        if self.active is not None and self.active.id == rid:
-            self.fail(self.active, "cancelled", why)
-        elif rid in self.draining:
-            self.fail(self.draining[rid], "cancelled", why)
 
     # --- request life cycle ------------------------------------------------------------------------
     def fail(self, req: Request, code: str, message: str) -> None:
-        self.log.info("request %s failed: %s: %s", req.id, code, message)
+        self.log.info("request %r failed: %s: %s", req.id, code, message)
         self.send_client(req.ident, protocol.error(req.id, code, message))
         self.forget(req)
 
     def forget(self, req: Request) -> None:
         if self.active is req:
             self.active = None
-        self.draining.pop(req.id, None)
-        self.known_ids.discard(req.id)
+        q = self.queues.get(req.ident)
+        if q is not None and req in q:
+            q.remove(req)
+            if not q:
+                del self.queues[req.ident]
+        self.draining.pop(req.wire_id, None)
+        self.requests.pop((req.ident, req.id), None)
         req.close()
 
     def settle(self, req: Request) -> None:
         """Follow the request's state after it did some work."""
         if req.state == "draining" and self.active is req:  # generation ended; its audio is still coming
             self.active = None
-            self.draining[req.id] = req
+            self.draining[req.wire_id] = req
         elif req.state == "done":
-            self.log.info("request %s done: %d frames in %d segment(s), stops %s, %.2f s", req.id,
+            self.log.info("request %r done: %d frames in %d segment(s), stops %s, %.2f s", req.id,
                           len(req.frames), len(req.results), ",".join(r["stop"] for r in req.results),
                           time.monotonic() - req.accepted)
             self.forget(req)
         elif req.state == "gone":
-            self.log.info("client of %s is gone: cancelling", req.id)
+            self.log.info("client of %r is gone or stopped reading: cancelling", req.id)
             self.forget(req)
 
     def run_request(self, req: Request, work, *args) -> None:
-        """Call one of the request's methods; a `RequestFailed` ends it with a typed error."""
+        """Call one of the request's methods; a `RequestFailed` ends it with a typed error, and so does any
+        other exception (logged with its traceback): no request can end the daemon."""
         try:
             work(*args)
         except RequestFailed as e:
             self.fail(req, e.code, e.message)
+            return
+        except Exception as e:
+            self.log.exception("request %r: internal error", req.id)
+            self.fail(req, "internal", f"internal error: {type(e).__name__}")
             return
         self.settle(req)
 
@@ -285,19 +312,38 @@ class TalkerDaemon(Service):
 
     def start(self, req: Request) -> None:
         self.active = req
-        self.predictor.rid = req.id
+        self.predictor.rid = req.wire_id
         seed = req.params.seed if req.params.seed is not None else secrets.randbits(63)
         self.run_request(req, req.begin, self.engines, _Links(self, req.ident), seed)
 
     def on_vocoder(self, msg: protocol.Message) -> None:
-        req = self.draining.get(msg.id) or (self.active if self.active and self.active.id == msg.id else None)
+        req = self.draining.get(msg.id) or (self.active if self.active and self.active.wire_id == msg.id else None)
         if req is not None:
             self.run_request(req, req.deliver, msg)
 
     def check_timeouts(self) -> None:
         now = time.monotonic()
+        for q in list(self.queues.values()):  # waiting counts towards request_timeout_s too
+            for req in list(q):
+                if now - req.accepted > self.limits.request_timeout_s:
+                    self.fail(req, "timeout", f"request waited {self.limits.request_timeout_s:g} s in the queue")
         for req in list(self.draining.values()) + ([self.active] if self.active else []):
             self.run_request(req, req.overdue, now)
+
+    def on_stop(self) -> None:
+        """SIGTERM: queued requests get `shutting_down` now; the running one finishes its current sentence
+        (then `shutting_down` if sentences were left), and whatever still runs after drain_timeout_s ends."""
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + self.limits.drain_timeout_s
+            if self.active is not None:
+                self.active.last_segment = True
+        for q in list(self.queues.values()):  # accepted but not started: a typed error, never silence
+            for r in list(q):
+                self.fail(r, "shutting_down", "the talker daemon is stopping")
+        if time.monotonic() > self.drain_deadline:
+            for r in list(self.draining.values()) + ([self.active] if self.active else []):
+                self.fail(r, "shutting_down", f"the talker daemon is stopping (drain took over "
+                                              f"{self.limits.drain_timeout_s:g} s)")
 
     # --- the loop ---------------------------------------------------------------------------------
     def serve_once(self, timeout_ms: int) -> None:
@@ -313,7 +359,12 @@ class TalkerDaemon(Service):
                 except zmq.Again:
                     break
                 if msg is not None:
-                    self.on_client(ident, msg)
+                    try:
+                        self.on_client(ident, msg)
+                    except Exception as e:  # never reachable by design; if it is, the daemon lives on
+                        self.log.exception("message %r from a client: internal error", msg.id)
+                        self.send_client(ident, protocol.error(msg.id if isinstance(msg.id, str) else None,
+                                                               "internal", f"internal error: {type(e).__name__}"))
         if self.voc in ready:
             for _ in range(64):
                 try:
@@ -325,10 +376,7 @@ class TalkerDaemon(Service):
                 except protocol.ProtocolError as e:
                     self.log.warning("bad message from the vocoder: %s", e)
         if self.stop_requested:
-            for q in self.queues.values():  # accepted but not started: a typed error, never silence
-                for r in q:
-                    self.fail(r, "shutting_down", "the talker daemon is stopping")
-            self.queues.clear()
+            self.on_stop()
         if self.active is None and not self.stop_requested:
             nxt = self.next_request()
             if nxt is not None:

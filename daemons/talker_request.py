@@ -10,6 +10,7 @@ calls `begin()`, then `step()` while the request is `active`, `deliver()` for ea
 `RequestFailed`, which ends the request with a typed error."""
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -51,6 +52,7 @@ class Engines:
     codec_vocab: int
     codec_eos: int
     limits: Limits
+    n_ctx: int = 2048               # talker context: a segment's prompt plus its frames must fit
     random_weights: bool = False    # said in every `done`, so clients can label the audio as noise
 
 
@@ -64,7 +66,11 @@ class Request:
     pause_samples: int
     context: np.ndarray | None = None  # in-context voice: reference codes, the vocoder's left context
     accepted: float = field(default_factory=time.monotonic)
+    # The id on the predictor and vocoder sockets, minted here: a client's id never reaches them, so no
+    # client can name (close, reset, advance) another request's stream there.
+    wire_id: str = field(default_factory=lambda: secrets.token_hex(12))
     state: str = "queued"           # queued | generating | draining | done | gone
+    last_segment: bool = False      # set on shutdown: finish the current segment, then end
     base_seed: int = 0
     seg: int = -1                   # index of the segment being generated
     gen: Generation = field(default_factory=Generation)
@@ -91,14 +97,22 @@ class Request:
         self.state = "generating"
         if self.context is not None:  # the vocoder primes the reference while the talker prefills
             # not connected: no matter, the first frames carry the context anyway
-            links.vocoder(protocol.encode("prime", {"context": np.asarray(self.context, np.int64)}, id=self.id))
+            links.vocoder(protocol.encode("prime", {"context": np.asarray(self.context, np.int64)},
+                                          id=self.wire_id))
         self._next_segment()
 
     def _next_segment(self) -> None:
         """Prefill the next segment's prompt; the vocoder stream (same id, next seq) carries on, so the
         boundary has no seam."""
+        if self.seg >= 0:
+            self.segments[self.seg].release()  # one sentence's prompt rows at a time
         self.seg += 1
         seg, e = self.segments[self.seg], self.engines
+        room = e.n_ctx - len(seg.prompt.prefill)
+        if room < 1:
+            raise RequestFailed("invalid_request", f"segment {self.seg + 1}'s prompt does not fit the talker "
+                                                   f"context ({e.n_ctx} positions)")
+        seg.cap = min(seg.cap, room)
         params = SamplingParams(**{**vars(self.params), "seed": (self.base_seed + self.seg) % (1 << 63)})
         sampler = Sampler(params, e.codec_vocab, e.codec_eos)
         self.gen = Generation()
@@ -147,7 +161,7 @@ class Request:
                              "seed": self.gen.seed, "chars": len(self.segments[self.seg].text)})
         if self.pending:
             self._send_frames()
-        if self.seg + 1 < len(self.segments):
+        if self.seg + 1 < len(self.segments) and not self.last_segment:
             self.pause_pending = self.pause_samples > 0
             self._next_segment()
             return
@@ -175,13 +189,13 @@ class Request:
         return True
 
     def _send_frames(self) -> None:
-        msg = protocol.encode("frames", self._first_arrays({"codes": np.stack(self.pending)}), id=self.id,
+        msg = protocol.encode("frames", self._first_arrays({"codes": np.stack(self.pending)}), id=self.wire_id,
                               seq=self.seq_sent)
         if self._sent(self.links.vocoder(msg)):
             self.pending = []
 
     def _send_pause(self) -> bool:
-        return self._sent(self.links.vocoder(protocol.encode("pause", self._first_arrays({}), id=self.id,
+        return self._sent(self.links.vocoder(protocol.encode("pause", self._first_arrays({}), id=self.wire_id,
                                                              seq=self.seq_sent, samples=self.pause_samples)))
 
     def flush(self) -> None:
@@ -225,6 +239,12 @@ class Request:
     def _maybe_done(self) -> None:
         if self.state != "draining" or self.pending or self.seq_done != self.seq_sent:
             return
+        if len(self.results) < len(self.segments):  # cut short by a shutdown: say so, never a short `done`
+            self.links.client(protocol.error(self.id, "shutting_down",
+                                             f"the talker daemon is stopping: {len(self.results)} of "
+                                             f"{len(self.segments)} sentences were spoken"))
+            self.state = "done"
+            return
         arrays = {"codes": np.stack(self.frames) if self.frames else np.zeros((0, 16), np.int64)} \
             if self.return_codes else None
         self.links.client(protocol.encode("done", arrays, id=self.id, frames=len(self.frames), stop=self.stop,
@@ -241,7 +261,7 @@ class Request:
     def close(self) -> None:
         """Drop the vocoder's stream state of this request (if one was opened)."""
         if self.seq_sent and self.links is not None:
-            self.links.vocoder(protocol.encode("close", id=self.id))
+            self.links.vocoder(protocol.encode("close", id=self.wire_id))
 
     # --- timers ---------------------------------------------------------------------------------
     def overdue(self, now: float) -> None:

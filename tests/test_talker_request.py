@@ -223,3 +223,56 @@ def test_loop_rule_stops_a_repeating_code0(synth, loop_frames):
         assert done["stop"] == "runaway_loop" and 12 <= done["frames"] <= 5 + 12 + 3
     else:
         assert done["stop"] == "max_frames" and done["frames"] == req.segments[0].cap
+
+
+def test_segments_build_their_prompts_lazily(synth):
+    """Admission builds only the first sentence's prompt rows; each later one is built when it starts and
+    dropped when it ends, so a long request holds one sentence's rows at a time."""
+    text = "One sentence here. Two sentences now. Three of them at last."
+    segs = plan_segments(synth.prompts, text, "english", max_frames=5, lazy=True)
+    assert len(segs) == 3 and segs[0]._prompt is not None and segs[1]._prompt is None and segs[2]._prompt is None
+    eager = plan_segments(synth.prompts, text, "english", max_frames=5)
+    assert [s.cap for s in segs] == [s.cap for s in eager]  # caps from token counts alone are the same
+    req = Request("r1", b"c", segs, synth.sampling(seed=3, min_new_tokens=NO_EOS), False, 0)
+    links = Recorder()
+    req.begin(Engines(synth.talker, synth.predictor, synth.md.talker["codec_vocab"], synth.md.special["codec_eos"],
+                      Limits()), links, 3)
+    built = []
+    while req.state == "generating":
+        req.step()
+        built.append(tuple(s._prompt is not None for s in segs))
+    assert (True, False, False) in built and (False, True, False) in built and (False, False, True) in built
+    assert not any(sum(b) > 1 for b in built)
+    for a, b in zip(segs, eager):  # the lazily built rows are the eager ones
+        assert np.array_equal(a.prompt.prefill, b.prompt.prefill)
+
+
+def test_last_segment_on_shutdown(synth):
+    """On SIGTERM the running request finishes its sentence, its audio is delivered, and it ends with
+    `shutting_down` (not a short `done`) when sentences were left."""
+    req, links = make(synth, "First sentence here. Second one follows. Third one too.", cap=4)
+    req.step()
+    req.last_segment = True
+    run(req, links, synth.vocoder)
+    types = links.client_types()
+    assert types.count("progress") == 4 and "done" not in types
+    assert sum(len(m.arrays["pcm"]) for m in links.to_client if m.type == "audio") == 4 * 1920
+    err = links.to_client[-1]
+    assert err.type == "error" and err.header["code"] == "shutting_down" and "1 of 3" in err.header["message"]
+
+
+def test_prompt_that_does_not_fit_fails_typed(synth):
+    req, links = make(synth, "Hello there.", cap=10)
+    req.engines.n_ctx = 5
+    req.seg = -1
+    with pytest.raises(RequestFailed) as ei:
+        req._next_segment()
+    assert ei.value.code == "invalid_request" and "does not fit" in ei.value.message
+
+
+def test_downstream_ids_are_minted(synth):
+    """The predictor and vocoder never see the client's id: the talker mints one per request."""
+    req, links = make(synth, "Hello there.", cap=3)
+    run(req, links, synth.vocoder)
+    assert {m.id for m in links.to_vocoder} == {req.wire_id} and req.wire_id != req.id
+    assert len(req.wire_id) == 24 and Request("x", b"", [], None, False, 0).wire_id != req.wire_id

@@ -69,6 +69,13 @@ class PromptBuilder:
     def encode(self, text: str, template: str) -> list[int]:
         return self.tok.encode(template.format(text), add_special_tokens=False).ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """The target text's token ids, as `build` slices them out of the chat template."""
+        return self.encode(text, "<|im_start|>assistant\n{}<|im_end|>\n<|im_start|>assistant\n")[3:-5]
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(self.text_ids(self.check_text(text)))
+
     @staticmethod
     def check_text(text, what: str = "text") -> str:
         if isinstance(text, bytes):
@@ -92,7 +99,7 @@ class PromptBuilder:
         text = self.check_text(text)
         lang_id = self.language_id(language)
         ids = self.encode(text, "<|im_start|>assistant\n{}<|im_end|>\n<|im_start|>assistant\n")
-        text_ids = ids[3:-5]  # the official code slices these fixed offsets
+        text_ids = ids[3:-5]  # the official code slices these fixed offsets (= text_ids())
         if not text_ids:
             raise InvalidText("text produced no tokens")
         sp = self.sp

@@ -93,18 +93,32 @@ def split_text(text: str, max_chars: int = 300, min_chars: int = 8) -> list[str]
 
 
 class Segment:
-    """One segment of a request: its text, prompt rows and frame cap."""
+    """One segment of a request: its text, frame cap and prompt rows. A lazy segment builds its prompt
+    when it is first needed (`build`) and `release()` drops it again, so a long request holds the rows of
+    one sentence at a time, not of all of them."""
 
-    def __init__(self, text: str, prompt, cap: int):
-        self.text, self.prompt, self.cap = text, prompt, cap
+    def __init__(self, text: str, prompt, cap: int, build=None):
+        self.text, self._prompt, self.cap, self._build = text, prompt, cap, build
+
+    @property
+    def prompt(self):
+        if self._prompt is None:
+            self._prompt = self._build()
+        return self._prompt
+
+    def release(self) -> None:
+        if self._build is not None:
+            self._prompt = None
 
 
 def plan_segments(prompts, text: str, language: str, *, max_frames: int, non_streaming: bool = False,
                   xvector=None, ref_codes=None, ref_text: str | None = None, max_chars: int = 300,
-                  cap_base: int = 25, cap_per_token: float = 6.0) -> list[Segment]:
-    """Split and build every segment's prompt up front, so bad input fails before any audio is made.
+                  cap_base: int = 25, cap_per_token: float = 6.0, lazy: bool = False) -> list[Segment]:
+    """Split the text and plan every segment up front, so bad input fails before any audio is made.
     Each segment's cap derives from its token count (`generate.frame_cap`), never above `max_frames`.
-    An in-context voice (`ref_codes` + `ref_text`) goes into every segment's prompt."""
+    An in-context voice (`ref_codes` + `ref_text`) goes into every segment's prompt. `lazy`: only the
+    first prompt is built now (it checks the language and the voice); the others are tokenized only
+    (their caps, and that they have tokens) and built when their segment starts."""
     from .errors import InvalidText
     from .generate import frame_cap
 
@@ -112,9 +126,22 @@ def plan_segments(prompts, text: str, language: str, *, max_frames: int, non_str
     parts = split_text(text, max_chars=max_chars)
     if not parts:
         raise InvalidText("text is empty")
+
+    def cap(n_tokens: int) -> int:
+        return max(1, min(max_frames, frame_cap(n_tokens, cap_base, cap_per_token)))
+
+    def builder(part):
+        return lambda: prompts.build(part, language, non_streaming=non_streaming, xvector=xvector,
+                                     ref_codes=ref_codes, ref_text=ref_text)
+
     segs = []
-    for part in parts:
-        p = prompts.build(part, language, non_streaming=non_streaming, xvector=xvector, ref_codes=ref_codes,
-                          ref_text=ref_text)
-        segs.append(Segment(part, p, max(1, min(max_frames, frame_cap(p.n_text_tokens, cap_base, cap_per_token)))))
+    for i, part in enumerate(parts):
+        if lazy and i > 0:
+            n = prompts.count_text_tokens(part)
+            if n == 0:
+                raise InvalidText("text produced no tokens")
+            segs.append(Segment(part, None, cap(n), build=builder(part)))
+        else:
+            p = builder(part)()
+            segs.append(Segment(part, p, cap(p.n_text_tokens), build=builder(part) if lazy else None))
     return segs

@@ -1,8 +1,17 @@
 """Streaming ONNX vocoder vs the official decoder (tiny random checkpoint).
 
 The export (scripts/export_vocoder.py) runs once per session; the engine (daemons/engine/vocoder.py) decodes
-random codes one-shot and in chunks of 1, 4 and 25 frames. Exactness = SNR >= 60 dB against one
-official forward over all frames, and exactly frames*1920 samples."""
+random codes one-shot and in chunks of 1, 4 and 25 frames. Exactness = SNR >= 85 dB (the README's figure)
+against one official forward over all frames, and exactly frames*1920 samples.
+
+Measured here (x86_64, onnxruntime 2 threads, seed 1234, 210 frames): one-shot 90.2 dB, chunks of 1 / 4 / 25
+frames 88.7 / 89.1 / 90.0 dB, mixed chunks / clone / reset 90.2 / 90.2 / 90.8 dB (the same with 1 and 2
+threads); the exporter's 12-frame self-check 89.9 dB; stateless chunks (seams) 6.0 dB. The bound sits
+~4 dB under the lowest figure (fp32 rounding may differ a little on another CPU's SIMD paths); a real
+regression (a wrong state, a seam, a dropped op) costs tens of dB.
+
+torch, onnxruntime and the official qwen-tts classes are imported normally: the test environment always has
+them (scripts/test.sh installs the dev extras), so a broken import is a failure, not a skip."""
 from __future__ import annotations
 
 import math
@@ -16,20 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
-try:  # the official classes (conversion-time dependency); absent on a runtime-only install
-    from scripts.official import import_qwen_tts
+import onnxruntime  # noqa: E402,F401  (a missing runtime fails here, it is not skipped)
+import torch  # noqa: E402
 
-    import_qwen_tts()
-except Exception as e:  # pragma: no cover
-    pytest.skip(f"qwen-tts not importable: {e}", allow_module_level=True)
+from scripts.official import import_qwen_tts  # noqa: E402
+
+import_qwen_tts()  # the official classes: a broken qwen-tts install fails the module
 
 from daemons.engine.vocoder import VocoderEngine  # noqa: E402
 
 SEED = 1234
 FRAMES = 210  # > 2 sliding windows (72) of the pre-transformer, exercises KV eviction and masking
-MIN_SNR_DB = 60.0
+MIN_SNR_DB = 85.0  # measured 88.7-90.8 dB (see the module docstring); the README says >= 85
+SPEC_MIN_SNR_DB = 85.0  # the exporter's own 12-frame self-check figure in vocoder.json: measured 89.9 dB
+SEAM_MAX_SNR_DB = 12.0  # negative control, stateless 25-frame chunks: measured 6.0 dB
 
 
 def snr_db(ref, x) -> float:
@@ -95,7 +104,8 @@ def test_spec_describes_states(exported, engine):
     assert len(kv) == 2 * spec["decoder_config"]["num_hidden_layers"]
     assert all(s["shape"][2] == spec["sliding_window"] - 1 for s in kv)
     assert all(all(isinstance(d, int) and d > 0 for d in s["shape"]) for s in spec["states"])
-    assert spec["verify"]["snr_db_onnx_stream"] >= MIN_SNR_DB
+    print(f"export self-check (vocoder.json): {spec['verify']}")
+    assert spec["verify"]["snr_db_onnx_stream"] >= SPEC_MIN_SNR_DB, spec["verify"]
     # the engine also finds the spec by itself (vocoder.json next to the model, or the directory)
     assert VocoderEngine(out, threads=1).state_names == names
 
@@ -132,7 +142,7 @@ def test_seams_are_detectable(engine, codes_and_reference):
     wav = np.concatenate([engine.decode_all(codes[s:s + 25]) for s in range(0, FRAMES, 25)])
     s = snr_db(ref, wav)
     print(f"stateless 25-frame chunks: SNR {s:.1f} dB")
-    assert wav.shape == ref.shape and s < 30.0
+    assert wav.shape == ref.shape and s < SEAM_MAX_SNR_DB
 
 
 def test_mixed_chunks_and_clone(engine, codes_and_reference):
@@ -144,10 +154,12 @@ def test_mixed_chunks_and_clone(engine, codes_and_reference):
         s += n
     fork = stream.clone()  # continues independently from the same state
     rest = stream.decode(codes[s:])
-    assert snr_db(ref, np.concatenate(parts + [rest])) >= MIN_SNR_DB
-    assert snr_db(ref[s * 1920:], fork.decode(codes[s:])) >= MIN_SNR_DB
+    figures = dict(mixed=snr_db(ref, np.concatenate(parts + [rest])),
+                   fork=snr_db(ref[s * 1920:], fork.decode(codes[s:])))
     stream.reset()
-    assert snr_db(ref[:1920 * 5], stream.decode(codes[:5])) >= MIN_SNR_DB
+    figures["reset"] = snr_db(ref[:1920 * 5], stream.decode(codes[:5]))
+    print("mixed chunks / clone / reset: " + ", ".join(f"{k} {v:.1f} dB" for k, v in figures.items()))
+    assert all(v >= MIN_SNR_DB for v in figures.values()), figures
 
 
 def test_bad_input_is_rejected(engine):

@@ -28,7 +28,7 @@ def cluster(tiny_model, tmp_path_factory):
     cfg = tmp / "qwen3-tts.toml"
     cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{run}"\n'
                    "[limits]\npredictor_timeout_s = 5.0\nvocoder_timeout_s = 5.0\nqueue_size = 4\n"
-                   "max_text_chars = 5000\n")
+                   "client_queue_size = 2\nmax_text_chars = 5000\n")
     env = {**os.environ, "QWEN3_TTS_CONFIG": str(cfg), "PYTHONPATH": str(ROOT)}
     for k in list(env):
         if k.startswith("QWEN3_TTS_") and k != "QWEN3_TTS_CONFIG":
@@ -70,8 +70,10 @@ def test_daemons_match_in_process_engine(cluster, synth):
 
 
 @pytest.mark.parametrize("victim, code", [("predictor", "predictor_unavailable"), ("vocoder", "vocoder_unavailable")])
-def test_kill_one_daemon_mid_request(cluster, victim, code):
+def test_kill_one_daemon_mid_request(cluster, synth, victim, code):
     talker_pid = cluster.procs["talker"].pid
+    # by construction (fixed seed): this request runs well past the frame where the victim is killed
+    assert len(list(synth.frames(TEXT, "english", params=synth.sampling(seed=36), max_frames=30))) == 30
     with client(cluster, idle_timeout_s=20) as c:
         killed = []
 
@@ -81,7 +83,7 @@ def test_kill_one_daemon_mid_request(cluster, victim, code):
                 killed.append(time.monotonic())
 
         with pytest.raises(ClientError) as ei:
-            c.synthesize(TEXT, "english", max_frames=400, on_progress=on_progress)
+            c.synthesize(TEXT, "english", params={"seed": 36}, max_frames=400, on_progress=on_progress)
         assert ei.value.code == code, ei.value
         waited = time.monotonic() - killed[0]
         assert waited < 15, f"error came {waited:.1f} s after the kill"
@@ -89,20 +91,27 @@ def test_kill_one_daemon_mid_request(cluster, victim, code):
     cluster.start(victim)
     cluster.wait_ready(victim, 120)
     with client(cluster) as c:
-        r = c.synthesize(TEXT, "english", max_frames=10)
-    assert len(r.audio) == r.frames * 1920 and (r.frames == 10 or r.stop == "eos")
+        r = c.synthesize(TEXT, "english", params={"seed": 32}, max_frames=10, return_codes=True)
+    ref = np.stack(list(synth.frames(TEXT, "english", params=synth.sampling(seed=32), max_frames=10)))
+    assert (r.codes == ref).all() and len(r.audio) == len(ref) * 1920
     assert cluster.procs["talker"].pid == talker_pid and cluster.procs["talker"].poll() is None
 
 
-def test_ten_concurrent_clients(cluster):
-    results = {}
+def test_ten_concurrent_clients(cluster, synth):
+    """Ten clients at once, each with its own text and seed: each gets exactly its own codes (a reply
+    delivered to the wrong client would not match), the requests overlapped in time (queued behind one
+    another), and whoever did not fit the queue got `busy`."""
+    results, spans = {}, {}
 
     def one(i):
+        t0 = time.monotonic()
         try:
             with client(cluster, idle_timeout_s=60) as c:
-                results[i] = c.synthesize(f"Sentence number {i}.", "english", max_frames=12)
+                results[i] = c.synthesize(f"Sentence number {i}.", "english", params={"seed": 100 + i},
+                                          max_frames=12, return_codes=True)
         except ClientError as e:
             results[i] = e
+        spans[i] = (t0, time.monotonic())
 
     ts = [threading.Thread(target=one, args=(i,)) for i in range(10)]
     for t in ts:
@@ -111,11 +120,89 @@ def test_ten_concurrent_clients(cluster):
         t.join(180)
     assert not any(t.is_alive() for t in ts), "a client hung"
     assert len(results) == 10
-    ok = [r for r in results.values() if not isinstance(r, ClientError)]
+    ok = {i: r for i, r in results.items() if not isinstance(r, ClientError)}
     errs = [r for r in results.values() if isinstance(r, ClientError)]
     assert all(e.code == "busy" for e in errs), [str(e) for e in errs]
-    assert all(len(r.audio) == r.frames * 1920 and (r.frames == 12 or r.stop == "eos") for r in ok)
     assert len(ok) >= 5  # one generating + queue_size waiting are always served
+    for i, r in ok.items():
+        ref = np.stack(list(synth.frames(f"Sentence number {i}.", "english", params=synth.sampling(seed=100 + i),
+                                         max_frames=12)))
+        assert r.codes.shape == ref.shape and (r.codes == ref).all(), f"client {i} got codes that are not its own"
+        assert len(r.audio) == r.frames * 1920 == len(ref) * 1920
+    assert len({r.codes.tobytes() for r in ok.values()}) == len(ok)
+    served = sorted(spans[i] for i in ok)
+    assert any(a[1] > b[0] for a, b in zip(served, served[1:])), "the requests never overlapped"
+
+
+def test_busy_past_the_queue_and_own_requests_only(cluster):
+    """Past the queue `busy` is required, not just allowed; a connection holds at most client_queue_size
+    waiting requests; a client can cancel only its own requests."""
+    ctx = zmq.Context.instance()
+    socks = []
+
+    def sock():
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(cluster.endpoint)
+        socks.append(s)
+        return s
+
+    def answer(s, want):
+        while True:
+            assert s.poll(20000), "no answer"
+            m = protocol.decode(s.recv_multipart())
+            if m.type in ("accepted", "error") and m.id == want:
+                return m
+
+    long_text = " ".join(f"This is sentence number {i}." for i in range(40))
+    try:
+        a = sock()
+        a.send_multipart(protocol.encode("synthesize", id="a", text=long_text, language="english",
+                                         params={"seed": 1}))
+        assert answer(a, "a").type == "accepted"
+        with client(cluster) as c:
+            deadline = time.monotonic() + 20
+            while not c.ping()["active"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        b = sock()
+        for rid in ("b1", "b2", "b3"):
+            b.send_multipart(protocol.encode("synthesize", id=rid, text=long_text, language="english"))
+        assert answer(b, "b1").type == answer(b, "b2").type == "accepted"
+        m = answer(b, "b3")
+        assert m.type == "error" and m.header["code"] == "busy" and "this connection" in m.header["message"]
+        c1, c2 = sock(), sock()
+        for s_, rid in ((c1, "c1"), (c2, "c2")):
+            s_.send_multipart(protocol.encode("synthesize", id=rid, text=long_text, language="english"))
+            assert answer(s_, rid).type == "accepted"
+        e = sock()  # the queue (4) is full: busy, whatever the connection
+        e.send_multipart(protocol.encode("synthesize", id="e", text="Hello.", language="english"))
+        m = answer(e, "e")
+        assert m.type == "error" and m.header["code"] == "busy" and "waiting" in m.header["message"]
+        e.send_multipart(protocol.encode("cancel", id="b1"))  # not e's request: nothing happens
+        e.send_multipart(protocol.encode("cancel", id="a"))
+        with client(cluster) as c:
+            time.sleep(0.3)
+            p = c.ping()
+        assert p["queue"] == 4 and p["active"] is True
+        for s_, rid in ((b, "b1"), (b, "b2"), (c1, "c1"), (c2, "c2"), (a, "a")):
+            s_.send_multipart(protocol.encode("cancel", id=rid))
+            m = answer_error(s_, rid)
+            assert m.header["code"] == "cancelled"
+        with client(cluster) as c:
+            p = c.ping()
+        assert p["queue"] == 0 and p["active"] is False
+    finally:
+        for s_ in socks:
+            s_.close(0)
+
+
+def answer_error(s, rid):
+    while True:
+        assert s.poll(20000), "no answer"
+        m = protocol.decode(s.recv_multipart())
+        if m.type == "error" and m.id == rid:
+            return m
 
 
 @pytest.mark.parametrize("text, language, code", [
@@ -173,18 +260,19 @@ def test_garbage_to_every_socket(cluster, role):
     assert cluster.procs[role].poll() is None
 
 
-def test_cli_streaming_and_errors(cluster, tmp_path):
+def test_cli_streaming_and_errors(cluster, synth, tmp_path):
     out = tmp_path / "s.wav"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, "-m", "client.cli", TEXT, "--language", "english", "--streaming", "-o",
-                        str(out), "--max-frames", "12", "--endpoint", cluster.endpoint], capture_output=True,
-                       text=True, env=env, timeout=120)
+                        str(out), "--max-frames", "12", "--seed", "3", "--endpoint", cluster.endpoint],
+                       capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "time to first audio" in r.stderr and "noise, not speech" in r.stderr
     import soundfile as sf
 
+    ref = list(synth.frames(TEXT, "english", params=synth.sampling(seed=3), max_frames=12))
     wav, sr = sf.read(out)
-    assert sr == 24000 and len(wav) == 12 * 1920
+    assert sr == 24000 and len(wav) == len(ref) * 1920 and f"({len(ref)} frames" in r.stderr
     r = subprocess.run([sys.executable, "-m", "client.cli", "--endpoint", cluster.endpoint], input=b"\xff\xfe",
                        capture_output=True, env=env, timeout=60)
     assert r.returncode == 2 and b"not valid UTF-8" in r.stderr
@@ -194,6 +282,58 @@ def test_cli_streaming_and_errors(cluster, tmp_path):
     r = subprocess.run([sys.executable, "-m", "client.cli", "hi", "-l", "klingon", "--endpoint", cluster.endpoint],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 1 and "unknown_language" in r.stderr
+
+
+def test_cli_xvector_only_and_output_raw(cluster, synth, tmp_path):
+    """`--voice v.json --xvector-only --output-raw`: raw PCM16 of exactly the x-vector-only synthesis."""
+    from daemons.engine.voice import Voice
+
+    rng = np.random.default_rng(5)
+    v = Voice(rng.standard_normal(synth.md.talker["hidden_size"]).astype(np.float32),
+              rng.integers(0, synth.md.predictor["codebook_size"], (20, 16)), "Hi there, this is me.", "english")
+    path = v.save(tmp_path / "v.json")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def cli(*extra):
+        r = subprocess.run([sys.executable, "-m", "client.cli", "Hello there.", "--voice", str(path), "--seed", "2",
+                            "--max-frames", "10", "--output-raw", "--endpoint", cluster.endpoint, *extra],
+                           capture_output=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return np.frombuffer(r.stdout, "<i2").astype(np.float64) / 32767.0
+
+    raw = cli("--xvector-only")
+    codes, wav, _ = synth.synthesize("Hello there.", "english", params=synth.sampling(seed=2), max_frames=10,
+                                     voice=v.as_xvector_only())
+    assert len(raw) == len(codes) * 1920 and len(raw) > 0
+    assert snr_db(np.clip(wav, -1, 1), raw) >= 40  # 16-bit rounding of the same samples
+    icl = cli()  # the same voice in context: other codes, other audio
+    _, icl_ref, _ = synth.synthesize("Hello there.", "english", params=synth.sampling(seed=2), max_frames=10, voice=v)
+    assert len(icl) == len(icl_ref) and snr_db(np.clip(icl_ref, -1, 1), icl) >= 40
+    n = min(len(raw), len(icl))
+    assert snr_db(raw[:n], icl[:n]) < 20
+
+
+def test_timeout_exit_code_and_hung_predictor(cluster):
+    """A SIGSTOPped (hung) predictor: the client's --timeout gives exit code 4; the talker itself gives up
+    after predictor_timeout_s with predictor_unavailable, and serves the next request once it is back."""
+    pred = cluster.procs["predictor"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    os.kill(pred.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.run([sys.executable, "-m", "client.cli", TEXT, "-l", "english", "--timeout", "1.5",
+                            "--endpoint", cluster.endpoint, "-o", os.devnull], capture_output=True, text=True,
+                           env=env, timeout=60)
+        assert r.returncode == 4 and "timeout" in r.stderr, r.stderr
+        with client(cluster, idle_timeout_s=30) as c:
+            t0 = time.monotonic()
+            with pytest.raises(ClientError) as ei:
+                c.synthesize(TEXT, "english", max_frames=5)
+            assert ei.value.code == "predictor_unavailable" and time.monotonic() - t0 < 15
+    finally:
+        os.kill(pred.pid, signal.SIGCONT)
+    with client(cluster) as c:
+        r = c.synthesize(TEXT, "english", params={"seed": 4}, max_frames=5)
+    assert len(r.audio) == r.frames * 1920 and r.frames > 0
 
 
 def test_cancel_and_disconnect_stop_generation(cluster):
@@ -220,28 +360,94 @@ def test_cancel_and_disconnect_stop_generation(cluster):
         assert after <= 1, f"{after} frames were generated after the cancel"
     finally:
         s.close(0)
-    # a client that vanishes mid-request: the talker notices on its next frame and becomes free again
+    # A client that vanishes mid-request: the talker notices on its next frame and becomes free again.
+    # The same request from a client that stays is still generating after the same time (so only the
+    # disconnect can have ended it), and the talker's watchdog pings go on during it.
+    long_text = " ".join(f"This is sentence number {i} of a long text." for i in range(60))
+    synth_msg = protocol.encode("synthesize", id="c2", text=long_text, language="english", params={"seed": 9})
+    window = 10.0
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.connect(cluster.endpoint)
-    s.send_multipart(protocol.encode("synthesize", id="c2", text=TEXT, language="english", max_frames=2000))
+    try:
+        cluster.read_notify("talker", 0.0)
+        before = len(cluster.messages["talker"])
+        s.send_multipart(synth_msg)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < window + 1:
+            assert s.poll(20000)
+            m = protocol.decode(s.recv_multipart())
+            assert m.type not in ("done", "error"), f"the control request ended early: {m.header}"
+        pings = [m for m in cluster.read_notify("talker", 0.0)[before:] if m == "WATCHDOG=1"]
+        assert len(pings) >= 2, f"{len(pings)} watchdog pings in {window + 1:g} s of generation"
+        s.send_multipart(protocol.encode("cancel", id="c2"))
+        assert answer_error(s, "c2").header["code"] == "cancelled"
+    finally:
+        s.close(0)
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(cluster.endpoint)
+    s.send_multipart(synth_msg)
     assert s.poll(20000)
+    t0 = time.monotonic()
     s.close(0)
     with client(cluster) as c:
-        deadline = time.monotonic() + 10
         while c.ping()["active"]:
-            assert time.monotonic() < deadline, "the talker kept generating for a client that is gone"
+            assert time.monotonic() - t0 < window, "the talker kept generating for a client that is gone"
             time.sleep(0.05)
 
 
-def test_notify_lifecycle_and_graceful_stop(cluster):
-    """READY, STATUS, WATCHDOG... then STOPPING on SIGTERM (runs last in this module: it stops the vocoder)."""
-    role = "vocoder"
-    msgs = cluster.read_notify(role, 0.5)
-    assert msgs[0] == "READY=1"
-    assert msgs[1].startswith("STATUS=role=vocoder") and "threads=" in msgs[1] and "cpus=" in msgs[1]
-    assert any(m == "WATCHDOG=1" for m in msgs[2:]) or cluster.read_notify(role, 6)[-1] == "WATCHDOG=1"
-    rc = cluster.stop(role)
-    msgs = cluster.read_notify(role, 1.0)
-    assert msgs[-1] == "STOPPING=1" and rc == 0
-    assert [m for m in msgs if m != "WATCHDOG=1"][:2] == msgs[:2]
+def test_notify_lifecycle_and_graceful_stop(cluster, synth):
+    """READY, STATUS, WATCHDOG for every role; then SIGTERM to the talker while it generates one request and
+    holds another in its queue: the queued one gets `shutting_down` at once, the running one finishes its
+    current sentence (all of its audio arrives) and ends with `shutting_down` naming what was spoken; the
+    talker sends STOPPING=1 and exits 0. Runs last in this module: it stops every daemon."""
+    for role in ROLES:
+        msgs = cluster.read_notify(role, 0.5)
+        assert msgs[0] == "READY=1", (role, msgs[:3])
+        assert msgs[1].startswith(f"STATUS=role={role}") and "threads=" in msgs[1] and "cpus=" in msgs[1]
+        assert any(m == "WATCHDOG=1" for m in msgs[2:]) or cluster.read_notify(role, 6)[-1] == "WATCHDOG=1"
+    text = "The first sentence is here. The second one follows it. And a third one ends it."
+    seed = 24
+    # by construction (fixed seed): the first sentence runs long enough for SIGTERM to land inside it
+    _, _, gens = synth.synthesize(text, "english", params=synth.sampling(seed=seed))
+    assert len(gens) == 3 and gens[0].frames >= 20, [g.frames for g in gens]
+    ctx = zmq.Context.instance()
+    a, b = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    for s_ in (a, b):
+        s_.setsockopt(zmq.LINGER, 0)
+        s_.connect(cluster.endpoint)
+    try:
+        a.send_multipart(protocol.encode("synthesize", id="a", text=text, language="english",
+                                         params={"seed": seed}))
+        while True:
+            assert a.poll(20000)
+            if protocol.decode(a.recv_multipart()).type == "progress":
+                break
+        b.send_multipart(protocol.encode("synthesize", id="b", text="Queued.", language="english"))
+        assert b.poll(20000) and protocol.decode(b.recv_multipart()).type == "accepted"
+        os.kill(cluster.procs["talker"].pid, signal.SIGTERM)
+        m = answer_error(b, "b")
+        assert m.header["code"] == "shutting_down"
+        frames, audio = 1, 0
+        while True:
+            assert a.poll(20000)
+            m = protocol.decode(a.recv_multipart())
+            frames += m.type == "progress"
+            audio += len(m.arrays["pcm"]) if m.type == "audio" else 0
+            if m.type in ("done", "error"):
+                break
+        assert m.type == "error" and m.header["code"] == "shutting_down", m.header
+        assert "1 of 3 sentences" in m.header["message"]
+        assert frames == gens[0].frames and audio == frames * 1920
+    finally:
+        a.close(0)
+        b.close(0)
+    assert cluster.procs["talker"].wait(30) == 0
+    # STOPPING=1 when the drain starts (watchdog pings go on while it drains)
+    assert [m for m in cluster.read_notify("talker", 1.0) if m != "WATCHDOG=1"][-1] == "STOPPING=1"
+    for role in ("vocoder", "predictor"):
+        assert cluster.stop(role) == 0
+        msgs = cluster.read_notify(role, 1.0)
+        assert msgs[-1] == "STOPPING=1"
+        assert [m for m in msgs if m != "WATCHDOG=1"][:2] == msgs[:2]

@@ -23,8 +23,8 @@ while [ $# -gt 0 ]; do
   shift
 done
 PY=.venv/bin/python
-# Without systemd the sockets live in a per-user runtime directory.
-export QWEN3_TTS_RUNTIME_DIR="${QWEN3_TTS_RUNTIME_DIR:-${XDG_RUNTIME_DIR:-/tmp}/qwen3-tts-$(id -u)}"
+# Where the sockets, pid files and logs live is decided by daemons/config.py alone (the launcher and the
+# clients use the same rule): asked below, once the environment exists.
 if [ "$mode" = stop ]; then
   [ -x "$PY" ] || exit 0
   exec "$PY" -m daemons.launcher stop
@@ -48,6 +48,8 @@ else
   fi
 fi
 bash scripts/setup_env.sh
+QWEN3_TTS_RUNTIME_DIR=$("$PY" -m daemons.config --runtime-dir)
+export QWEN3_TTS_RUNTIME_DIR   # the daemons and the client below use exactly this directory
 
 started=$("$PY" -m daemons.launcher start)
 if [ "$mode" = daemon ]; then

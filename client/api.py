@@ -47,9 +47,12 @@ class Result:
 
 
 def default_endpoint() -> str:
+    """The talker endpoint from the configuration, as a client sees it: without an explicit runtime
+    directory, the one where a talker answers (`daemons.config.discover_runtime_dir`: one's own
+    `launch.sh --daemon` with or without XDG_RUNTIME_DIR, else the systemd services)."""
     from daemons.config import load_config
 
-    return load_config().endpoints["talker"]
+    return load_config(discover=True).endpoints["talker"]
 
 
 class TTSClient:

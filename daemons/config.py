@@ -18,9 +18,22 @@ Environment variables override the file:
     QWEN3_TTS_LIMITS_<KEY>                             e.g. QWEN3_TTS_LIMITS_QUEUE_SIZE=16
     QWEN3_TTS_VOCODER_{BACKEND,NPU_CORE_MASK,RKNN_FILE} the vocoder backend (see VocoderBackend, docs/RKNN.md)
 
-The runtime directory (where the default ipc:// sockets live) is, first set wins:
-QWEN3_TTS_RUNTIME_DIR, `runtime_dir` in the file, $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=),
-$XDG_RUNTIME_DIR/qwen3-tts, /run/qwen3-tts.
+The runtime directory (where the default ipc:// sockets live; the launcher's pid files and logs too) is
+decided here and nowhere else (launch.sh asks `python -m daemons.config --runtime-dir`). First that applies:
+
+  1. QWEN3_TTS_RUNTIME_DIR, then `runtime_dir` in the file: explicit overrides, for everyone;
+  2. $RUNTIME_DIRECTORY: inside the systemd units (RuntimeDirectory=qwen3-tts -> /run/qwen3-tts);
+  3. the *own* directory of daemons started without systemd (launch.sh, daemons.launcher, a hand-started
+     qwen3-tts-daemon): $XDG_RUNTIME_DIR/qwen3-tts when XDG_RUNTIME_DIR is set, else /tmp/qwen3-tts-UID
+     (UID = the effective user id; the launcher creates it 0700 and refuses one that is not private);
+  3'. clients instead (`load_config(discover=True)`: client.api.default_endpoint, so tts-client and the
+     gateways) take the first of  $XDG_RUNTIME_DIR/qwen3-tts, /tmp/qwen3-tts-UID, /run/qwen3-tts
+     where a talker answers at talker.sock (a live socket, in a directory that is ours and private; the
+     systemd directory is trusted as root's), else the own directory of 3.
+
+So a bare `tts-client` finds a `launch.sh --daemon` started with or without XDG_RUNTIME_DIR (one's own
+daemons first), and the systemd services otherwise; nothing is ever looked up in another user's /tmp
+directory.
 
 Relative paths (in the file or the environment) are taken relative to the current directory, like the
 default model directory `models/qwen3-tts-0.6b`; `~` is expanded. Unknown keys and wrong types are errors
@@ -33,6 +46,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import stat
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -46,7 +61,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 ROLES = ("talker", "predictor", "vocoder")
 DEFAULT_MODEL_DIR = "models/qwen3-tts-0.6b"
 SYSTEM_CONFIG = "/etc/qwen3-tts/config.toml"
-DEFAULT_RUNTIME_DIR = "/run/qwen3-tts"
+SYSTEMD_RUNTIME_DIR = "/run/qwen3-tts"   # RuntimeDirectory=qwen3-tts of systemd/qwen3-tts@.service
+TMP_DIR = "/tmp"                         # base of the fallback /tmp/qwen3-tts-UID (tests point it elsewhere)
 ZMQ_SCHEMES = ("ipc", "tcp", "inproc", "pgm", "epgm", "ws", "wss", "tipc", "vmci", "udp")
 # sockaddr_un.sun_path is 108 bytes including the terminating NUL.
 MAX_IPC_PATH_BYTES = 107
@@ -74,6 +90,7 @@ class Limits:
     first_chunk_frames: int = 2
     max_frames: int = 2048
     client_queue_size: int = 4        # waiting requests one client connection may hold (fairness)
+    client_send_queue: int = 4096     # messages queued towards one client; a client that stops reading is dropped
     max_ref_frames: int = 400         # reference codes of an in-context voice (32 s; encode-voice takes <= 30 s)
     drain_timeout_s: float = 20.0     # on SIGTERM, requests still running after this end with shutting_down
     # long text: sentence segments, per-segment frame caps, runaway detection (0 disables where noted)
@@ -126,7 +143,7 @@ _SAMPLING_KEYS: dict[str, tuple[str, Any, str]] = {
 @dataclass
 class Config:
     model_dir: Path = field(default_factory=lambda: Path.cwd() / DEFAULT_MODEL_DIR)
-    runtime_dir: Path = field(default_factory=lambda: Path(DEFAULT_RUNTIME_DIR))
+    runtime_dir: Path = field(default_factory=lambda: own_runtime_dir(os.environ))
     endpoints: dict[str, str] = field(default_factory=dict)
     roles: dict[str, RoleConfig] = field(default_factory=lambda: {r: RoleConfig() for r in ROLES})
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -311,6 +328,70 @@ def _vocoder_backend_value(key: str, value: Any, where: str) -> str:
     return s
 
 
+# ---------------------------------------------------------------------------------------------- runtime dir
+
+def own_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where daemons started without systemd (and without an explicit setting) put their sockets:
+    $XDG_RUNTIME_DIR/qwen3-tts, else /tmp/qwen3-tts-UID."""
+    env = os.environ if env is None else env
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "qwen3-tts"
+    return Path(TMP_DIR) / f"qwen3-tts-{os.geteuid()}"
+
+
+def runtime_dir_candidates(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where a client looks for running daemons, in order: one's own (launch.sh), then systemd's."""
+    env = os.environ if env is None else env
+    out = [Path(env["XDG_RUNTIME_DIR"]) / "qwen3-tts"] if env.get("XDG_RUNTIME_DIR") else []
+    return out + [Path(TMP_DIR) / f"qwen3-tts-{os.geteuid()}", Path(SYSTEMD_RUNTIME_DIR)]
+
+
+def private_dir_problem(path: Path, owner: int | None = None) -> str | None:
+    """Why `path` is not a safe runtime directory (None when it is): it must be a real directory (not a
+    symlink), owned by `owner` (default: the effective user; -1: any owner) and not writable by group or
+    others. Another user could otherwise plant sockets, pid files or symlinks in it."""
+    owner = os.geteuid() if owner is None else owner
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory"
+    if owner >= 0 and st.st_uid != owner:
+        return f"{path} is owned by uid {st.st_uid}, not by uid {owner} (this user)"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):04o}; expected 0700)"
+    return None
+
+
+def socket_answers(path: Path, timeout_s: float = 0.5) -> bool:
+    """A process listens on the AF_UNIX stream socket at `path` (a stale socket file refuses)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout_s)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def discover_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """A client's runtime directory: the first candidate (`runtime_dir_candidates`) that is safe and has a
+    talker answering at talker.sock; else the daemons' own default (so "not running" names where
+    `launch.sh --daemon` would put it). The systemd directory belongs to the service user (any owner)."""
+    for d in runtime_dir_candidates(env):
+        owner = -1 if d == Path(SYSTEMD_RUNTIME_DIR) else None
+        if private_dir_problem(d, owner) is None and socket_answers(d / "talker.sock"):
+            return d
+    return own_runtime_dir(env)
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 def find_config_file(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Path | None:
@@ -355,9 +436,11 @@ def _unknown(keys, allowed, src: str, prefix: str = "") -> None:
                           + f"; allowed: {', '.join(prefix + a for a in allowed)}")
 
 
-def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None, *,
+                discover: bool = False) -> Config:
     """Read the configuration (see the module docstring). `path` skips the search; `env` defaults to
-    os.environ (tests pass a dict)."""
+    os.environ (tests pass a dict). `discover`: a client's view: without an explicit runtime directory,
+    the one where a talker daemon answers (`discover_runtime_dir`) instead of the daemons' own default."""
     env = dict(os.environ if env is None else env)
     cwd = Path.cwd()
     home = env.get("HOME")
@@ -391,10 +474,10 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     elif env.get("RUNTIME_DIRECTORY"):
         # systemd sets a colon-separated list when a unit has several RuntimeDirectory= entries.
         cfg.runtime_dir = Path(env["RUNTIME_DIRECTORY"].split(":")[0])
-    elif env.get("XDG_RUNTIME_DIR"):
-        cfg.runtime_dir = Path(env["XDG_RUNTIME_DIR"]) / "qwen3-tts"
+    elif discover:
+        cfg.runtime_dir = discover_runtime_dir(env)
     else:
-        cfg.runtime_dir = Path(DEFAULT_RUNTIME_DIR)
+        cfg.runtime_dir = own_runtime_dir(env)
 
     # --- endpoints
     t = _table(doc, "endpoints", src)
@@ -468,13 +551,21 @@ def _env_section(env: Mapping[str, str], prefix: str, allowed, setter) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print the effective configuration as JSON (`python -m daemons.config`)."""
+    """`python -m daemons.config [FILE]` prints the effective configuration as JSON;
+    `--runtime-dir` prints only the daemons' runtime directory (launch.sh), `--client` the clients' view
+    (the directory where a running talker was found)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    only_dir, client = "--runtime-dir" in args, "--client" in args
+    args = [a for a in args if a not in ("--runtime-dir", "--client")]
+    if len(args) > 1 or any(a.startswith("-") for a in args):
+        print("usage: python -m daemons.config [--runtime-dir] [--client] [FILE]", file=sys.stderr)
+        return 2
     try:
-        cfg = load_config(argv[0] if argv else None)
+        cfg = load_config(args[0] if args else None, discover=client)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(cfg.to_dict(), indent=2))
+    print(cfg.runtime_dir if only_dir else json.dumps(cfg.to_dict(), indent=2))
     return 0
 
 

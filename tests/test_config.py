@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,8 +22,20 @@ EXAMPLE = ROOT / "qwen3-tts.example.toml"
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch):
-    """An isolated cwd and HOME; the system-wide file points into the tmp dir (absent unless written)."""
+def rt(monkeypatch):
+    """Short stand-ins for /tmp and /run/qwen3-tts (AF_UNIX paths are limited to 107 bytes)."""
+    base = Path(tempfile.mkdtemp(prefix="q3c", dir="/tmp"))
+    monkeypatch.setattr(C, "TMP_DIR", str(base / "tmp"))
+    monkeypatch.setattr(C, "SYSTEMD_RUNTIME_DIR", str(base / "run"))
+    (base / "tmp").mkdir()
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, rt):
+    """An isolated cwd and HOME; the system-wide file points into the tmp dir (absent unless written);
+    /tmp and /run/qwen3-tts of the runtime-directory rule point into a temp dir too."""
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
@@ -27,6 +43,10 @@ def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
     h.mkdir()
     return h
+
+
+def own_tmp_dir() -> Path:
+    return Path(C.TMP_DIR) / f"qwen3-tts-{os.geteuid()}"
 
 
 def env_for(home: Path, **kw) -> dict:
@@ -43,8 +63,8 @@ def test_defaults_without_any_file(home):
     cfg = load_config(env=env_for(home))
     assert cfg.source is None
     assert cfg.model_dir == Path.cwd() / "models" / "qwen3-tts-0.6b"
-    assert cfg.runtime_dir == Path("/run/qwen3-tts")
-    assert cfg.endpoints == {r: f"ipc:///run/qwen3-tts/{r}.sock" for r in C.ROLES}
+    assert cfg.runtime_dir == own_tmp_dir()                         # no XDG_RUNTIME_DIR: /tmp/qwen3-tts-UID
+    assert cfg.endpoints == {r: f"ipc://{own_tmp_dir()}/{r}.sock" for r in C.ROLES}
     assert cfg.roles == {r: RoleConfig(None, None) for r in C.ROLES}
     assert cfg.sampling == {}
     assert cfg.limits == Limits()
@@ -163,14 +183,17 @@ def test_environment_overrides_file(home):
     assert (cfg.limits.queue_size, cfg.limits.vocoder_timeout_s, cfg.limits.max_frames) == (16, 3.5, 500)
 
 
+@pytest.mark.parametrize("discover", [False, True])
 @pytest.mark.parametrize("env, expected", [
     ({"QWEN3_TTS_RUNTIME_DIR": "/a", "RUNTIME_DIRECTORY": "/b", "XDG_RUNTIME_DIR": "/c"}, "/a"),
     ({"RUNTIME_DIRECTORY": "/b:/b2", "XDG_RUNTIME_DIR": "/c"}, "/b"),
     ({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/qwen3-tts"),
-    ({}, "/run/qwen3-tts"),
+    ({}, None),                                                     # /tmp/qwen3-tts-UID
 ])
-def test_runtime_dir_precedence(home, env, expected):
-    cfg = load_config(env=env_for(home, **env))
+def test_runtime_dir_precedence(home, env, expected, discover):
+    """With no daemon running anywhere, a client's view (discover) is the daemons' own directory."""
+    expected = expected or str(own_tmp_dir())
+    cfg = load_config(env=env_for(home, **env), discover=discover)
     assert cfg.runtime_dir == Path(expected)
     assert cfg.endpoints["predictor"] == f"ipc://{expected}/predictor.sock"
 
@@ -281,7 +304,10 @@ def test_example_file_documents_every_key_with_its_default(home):
 
     default = load_config(env=env_for(home))
     assert cfg.model_dir == default.model_dir
-    assert cfg.runtime_dir == Path("/run/qwen3-tts") and cfg.endpoints == default.endpoints
+    # runtime_dir and the endpoints are shown with the systemd services' directory (the line
+    # scripts/install-systemd.sh uncomments), not with the computed default
+    assert cfg.runtime_dir == Path("/run/qwen3-tts")
+    assert cfg.endpoints == {r: f"ipc:///run/qwen3-tts/{r}.sock" for r in C.ROLES}
     assert cfg.roles == default.roles
     assert cfg.limits == default.limits
     sp = SamplingParams()
@@ -300,3 +326,150 @@ def test_print_config_cli(home, tmp_path):
     r = subprocess.run([sys.executable, "-m", "daemons.config", str(bad)], cwd=ROOT, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "unknown key nope" in r.stderr and str(bad) in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------- discovery
+
+class Talker:
+    """A listening AF_UNIX socket standing in for a running talker daemon in runtime directory `d`."""
+
+    def __init__(self, d: Path, mode: int = 0o700):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(mode)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(d / "talker.sock"))
+        self.sock.listen(8)
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def talkers():
+    made = []
+    yield lambda d, mode=0o700: made.append(Talker(d, mode)) or made[-1]
+    for t in made:
+        t.close()
+
+
+def test_own_runtime_dir_of_daemons_started_without_systemd(home):
+    assert C.own_runtime_dir({"XDG_RUNTIME_DIR": "/run/user/7"}) == Path("/run/user/7/qwen3-tts")
+    assert C.own_runtime_dir({}) == own_tmp_dir()
+    assert C.runtime_dir_candidates({"XDG_RUNTIME_DIR": "/run/user/7"}) == [
+        Path("/run/user/7/qwen3-tts"), own_tmp_dir(), Path(C.SYSTEMD_RUNTIME_DIR)]
+    assert C.runtime_dir_candidates({}) == [own_tmp_dir(), Path(C.SYSTEMD_RUNTIME_DIR)]
+
+
+@pytest.mark.parametrize("client_xdg", [False, True])
+def test_client_finds_launch_sh_daemons_started_without_xdg(home, rt, talkers, client_xdg):
+    """`launch.sh --daemon` in a shell without XDG_RUNTIME_DIR (sockets in /tmp/qwen3-tts-UID) is found by
+    a bare client with or without XDG_RUNTIME_DIR (the issue-10 failure), the daemons' view unchanged."""
+    xdg = rt / "xdg"
+    xdg.mkdir(mode=0o700)
+    env = env_for(home, **({"XDG_RUNTIME_DIR": str(xdg)} if client_xdg else {}))
+    assert load_config(env=env, discover=True).runtime_dir == C.own_runtime_dir(env)   # nothing running yet
+    talkers(own_tmp_dir())
+    cfg = load_config(env=env, discover=True)
+    assert cfg.runtime_dir == own_tmp_dir()
+    assert cfg.endpoints["talker"] == f"ipc://{own_tmp_dir()}/talker.sock"
+    assert load_config(env=env).runtime_dir == C.own_runtime_dir(env)                  # daemons: no probing
+
+
+def test_client_order_own_daemons_first_then_systemd(home, rt, talkers):
+    xdg = rt / "xdg"
+    xdg.mkdir(mode=0o700)
+    env = env_for(home, XDG_RUNTIME_DIR=str(xdg))
+    system = talkers(Path(C.SYSTEMD_RUNTIME_DIR), 0o750)                 # systemd services only
+    if os.geteuid() == 0:
+        os.chown(C.SYSTEMD_RUNTIME_DIR, 65534, 65534)                  # owned by the service user
+    assert load_config(env=env, discover=True).runtime_dir == Path(C.SYSTEMD_RUNTIME_DIR)
+    assert load_config(env=env_for(home), discover=True).runtime_dir == Path(C.SYSTEMD_RUNTIME_DIR)
+    tmp = talkers(own_tmp_dir())                                         # + launch.sh without XDG
+    assert load_config(env=env, discover=True).runtime_dir == own_tmp_dir()
+    talkers(xdg / "qwen3-tts")                                           # + launch.sh with XDG
+    assert load_config(env=env, discover=True).runtime_dir == xdg / "qwen3-tts"
+    assert load_config(env=env_for(home), discover=True).runtime_dir == own_tmp_dir()
+    # explicit settings and systemd's RuntimeDirectory= are never second-guessed
+    for extra, want in (({"QWEN3_TTS_RUNTIME_DIR": "/x"}, "/x"), ({"RUNTIME_DIRECTORY": "/b"}, "/b")):
+        assert load_config(env={**env, **extra}, discover=True).runtime_dir == Path(want)
+    write(Path.cwd() / "qwen3-tts.toml", 'runtime_dir = "/f"\n')
+    assert load_config(env=env, discover=True).runtime_dir == Path("/f")
+    (Path.cwd() / "qwen3-tts.toml").unlink()
+    # a socket file nobody listens on (a crashed daemon) is skipped
+    tmp.close()
+    system.close()
+    assert load_config(env=env_for(home), discover=True).runtime_dir == own_tmp_dir()   # the default anyway
+    assert (own_tmp_dir() / "talker.sock").exists()
+    (xdg / "qwen3-tts" / "talker.sock").rename(xdg / "moved.sock")
+    assert load_config(env=env, discover=True).runtime_dir == xdg / "qwen3-tts"        # own default again
+
+
+def test_client_skips_a_tmp_dir_that_is_not_private(home, rt, talkers):
+    """A /tmp/qwen3-tts-UID that others could have planted (group/other-writable, or another owner) is
+    never used by a client, even with a live socket in it: it could be a fake talker collecting text."""
+    env = env_for(home)
+    talkers(own_tmp_dir(), 0o777)
+    assert C.private_dir_problem(own_tmp_dir()) is not None
+    own_tmp_dir().chmod(0o700)
+    assert load_config(env=env, discover=True).runtime_dir == own_tmp_dir()
+    own_tmp_dir().chmod(0o770)
+    assert "writable by its group" in C.private_dir_problem(own_tmp_dir())
+    # the fallback (own dir) has the same path: discovery found nothing, the launcher would refuse it
+    assert load_config(env=env, discover=True).runtime_dir == own_tmp_dir()
+    xdg = rt / "xdg"
+    xdg.mkdir(mode=0o700)
+    talkers(xdg / "qwen3-tts")
+    xenv = env_for(home, XDG_RUNTIME_DIR=str(xdg))
+    assert load_config(env=xenv, discover=True).runtime_dir == xdg / "qwen3-tts"
+    system = talkers(Path(C.SYSTEMD_RUNTIME_DIR), 0o750)
+    own_tmp_dir().chmod(0o700)
+    (xdg / "qwen3-tts").chmod(0o722)
+    assert load_config(env=xenv, discover=True).runtime_dir == own_tmp_dir()
+    if os.geteuid() == 0:
+        os.chown(own_tmp_dir(), 65534, 65534)
+        assert "owned by uid 65534" in C.private_dir_problem(own_tmp_dir())
+        assert load_config(env=xenv, discover=True).runtime_dir == Path(C.SYSTEMD_RUNTIME_DIR)
+    system.close()
+    link = Path(C.TMP_DIR) / "link"
+    link.symlink_to(xdg)
+    assert "symbolic link" in C.private_dir_problem(link)
+
+
+def test_default_endpoint_of_the_client_discovers(home, rt, talkers, monkeypatch):
+    from client.api import default_endpoint
+
+    for k in list(os.environ):
+        if k.startswith("QWEN3_TTS_") or k in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", str(home))
+    assert default_endpoint() == f"ipc://{own_tmp_dir()}/talker.sock"
+    xdg = rt / "xdg"
+    xdg.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    assert default_endpoint() == f"ipc://{xdg}/qwen3-tts/talker.sock"
+    talkers(own_tmp_dir())
+    assert default_endpoint() == f"ipc://{own_tmp_dir()}/talker.sock"
+
+
+def test_runtime_dir_cli(home, tmp_path):
+    """`python -m daemons.config --runtime-dir`, what launch.sh asks (the module's /tmp, not the patched one)."""
+    env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+    def ask(*args, **extra):
+        r = subprocess.run([sys.executable, "-m", "daemons.config", *args], cwd=Path.cwd(),
+                           env={**env, "PYTHONPATH": str(ROOT), **extra}, capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    assert ask("--runtime-dir") == f"/tmp/qwen3-tts-{os.geteuid()}"
+    assert ask("--runtime-dir", XDG_RUNTIME_DIR="/run/user/5") == "/run/user/5/qwen3-tts"
+    assert ask("--runtime-dir", QWEN3_TTS_RUNTIME_DIR="rel") == str(Path.cwd() / "rel")
+    assert ask("--runtime-dir", RUNTIME_DIRECTORY="/run/qwen3-tts") == "/run/qwen3-tts"
+    assert ask("--runtime-dir", "--client", QWEN3_TTS_RUNTIME_DIR="/e") == "/e"
+    f = write(tmp_path / "c.toml", 'runtime_dir = "/from/file"\n')
+    assert ask("--runtime-dir", str(f)) == "/from/file"
+    assert json.loads(ask("--client", str(f)))["runtime_dir"] == "/from/file"
+    r = subprocess.run([sys.executable, "-m", "daemons.config", "--bogus"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and "usage" in r.stderr

@@ -26,10 +26,7 @@ from .talker_request import Engines, Request, RequestFailed
 CLIENT_PARAMS = {"do_sample": bool, "temperature": float, "top_k": int, "top_p": float,
                  "repetition_penalty": float, "sub_do_sample": bool, "sub_temperature": float,
                  "sub_top_k": int, "sub_top_p": float, "seed": int}
-# Towards clients: a bounded send queue (~25 MB of audio and progress per client); a client that stops
-# reading until it fills loses its request (logged), it cannot make the talker hold unbounded memory.
-CLIENT_SNDHWM = 4096
-FRONT_RCVHWM = 256
+FRONT_RCVHWM = 256  # client messages waiting to be read (the loop reads up to 64 per frame)
 
 
 def parse_params(user, defaults: SamplingParams) -> SamplingParams:
@@ -119,7 +116,9 @@ class TalkerDaemon(Service):
         self.defaults = SamplingParams.from_generation_config(self.md.generation, **{
             k: v for k, v in self.cfg.sampling.items() if k in CLIENT_PARAMS})
         self.front = self.bind_router(self.cfg.endpoints["talker"])
-        self.front.setsockopt(zmq.SNDHWM, CLIENT_SNDHWM)  # set before clients connect: applies to their pipes
+        # Towards clients a bounded send queue (set before clients connect: it applies to their pipes): a
+        # client that stops reading until it fills loses its request (logged); no unbounded memory.
+        self.front.setsockopt(zmq.SNDHWM, self.limits.client_send_queue)
         self.front.setsockopt(zmq.RCVHWM, FRONT_RCVHWM)
         self.pred_sock = self.connect_dealer(self.cfg.endpoints["predictor"])
         self.voc = self.connect_dealer(self.cfg.endpoints["vocoder"])

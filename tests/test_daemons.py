@@ -28,7 +28,7 @@ def cluster(tiny_model, tmp_path_factory):
     cfg = tmp / "qwen3-tts.toml"
     cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{run}"\n'
                    "[limits]\npredictor_timeout_s = 5.0\nvocoder_timeout_s = 5.0\nqueue_size = 4\n"
-                   "client_queue_size = 2\nmax_text_chars = 5000\n")
+                   "client_queue_size = 2\nclient_send_queue = 400\nmax_text_chars = 5000\n")
     env = {**os.environ, "QWEN3_TTS_CONFIG": str(cfg), "PYTHONPATH": str(ROOT)}
     for k in list(env):
         if k.startswith("QWEN3_TTS_") and k != "QWEN3_TTS_CONFIG":
@@ -395,6 +395,79 @@ def test_cancel_and_disconnect_stop_generation(cluster):
         while c.ping()["active"]:
             assert time.monotonic() - t0 < window, "the talker kept generating for a client that is gone"
             time.sleep(0.05)
+
+
+def test_client_that_stops_reading_loses_its_request(cluster):
+    """A client that keeps its connection but never reads: once client_send_queue (400 here) messages wait
+    for it, the talker drops its request (logged) and is free again; memory stays bounded."""
+    import psutil
+
+    talker = psutil.Process(cluster.procs["talker"].pid)
+    rss0 = talker.memory_info().rss
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 1)
+    s.connect(cluster.endpoint)
+    long_text = " ".join(f"This is sentence number {i} of a long text." for i in range(60))
+    try:
+        s.send_multipart(protocol.encode("synthesize", id="deaf", text=long_text, language="english",
+                                         params={"seed": 9}))
+        t0 = time.monotonic()
+        with client(cluster) as c:
+            while not c.ping()["active"]:
+                assert time.monotonic() - t0 < 20
+                time.sleep(0.02)
+            # the same request ran > 10 s for a reading client (test_cancel_and_disconnect_stop_generation)
+            while c.ping()["active"]:
+                assert time.monotonic() - t0 < 10, "the talker kept generating for a client that does not read"
+                time.sleep(0.05)
+        assert talker.memory_info().rss - rss0 < 50 * 2 ** 20
+        got = []
+        while s.poll(200):
+            got.append(protocol.decode(s.recv_multipart()).type)
+        assert "done" not in got and got.count("progress") > 0
+    finally:
+        s.close(0)
+    log = (cluster.run / "talker.log").read_text()
+    assert "'deaf' is gone or stopped reading" in log
+
+
+def test_admission_builds_no_prompt_rows_for_later_sentences(cluster):
+    """Five queued requests of 500 sentences each with a long in-context voice: the talker holds one
+    sentence's prompt rows per request, not 500 (eagerly built, these would be ~50 MB each here, ~3 GB
+    at full size)."""
+    import psutil
+
+    rng = np.random.default_rng(8)
+    voice = {"format": "qwen3-tts-voice", "version": 1, "mode": "icl", "language": "english",
+             "ref_text": "A reference transcript of some length for the voice.", "source_sha256": "",
+             "xvector": rng.standard_normal(64).astype(np.float32).tolist(),
+             "ref_codes": rng.integers(0, 32, (400, 16)).tolist()}
+    text = "Aaaaaaaa. " * 499 + "Aaaaaaaa."
+    talker = psutil.Process(cluster.procs["talker"].pid)
+    ctx = zmq.Context.instance()
+    socks = []
+    try:
+        rss0 = talker.memory_info().rss
+        for i in range(5):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(cluster.endpoint)
+            socks.append(s)
+            s.send_multipart(protocol.encode("synthesize", id=f"big{i}", text=text, language="english",
+                                             voice=voice, params={"seed": i}))
+            assert s.poll(20000)
+            m = protocol.decode(s.recv_multipart())
+            assert m.type == "accepted", m.header
+        grown = talker.memory_info().rss - rss0
+        assert grown < 30 * 2 ** 20, f"talker RSS grew {grown / 2 ** 20:.0f} MiB for 5 queued requests"
+        for i, s in enumerate(socks):
+            s.send_multipart(protocol.encode("cancel", id=f"big{i}"))
+            assert answer_error(s, f"big{i}").header["code"] == "cancelled"
+    finally:
+        for s in socks:
+            s.close(0)
 
 
 def test_notify_lifecycle_and_graceful_stop(cluster, synth):

@@ -215,25 +215,31 @@ def test_daemon_configuration_selects_onnx_here(tiny_model, tmp_path):
 def rknn_python():
     if platform.machine() != "x86_64" or sys.version_info[:2] != (3, 11):
         pytest.skip("rknn-toolkit2 2.5.0 is used here through its x86_64 CPython 3.11 wheel only")
+    # In CI a missing prerequisite is a failure, not a skip: a broken RKNN set-up must not pass unseen.
+    # On a developer's machine without the package index it may skip, saying why.
+    missing = pytest.fail if os.environ.get("CI") else pytest.skip
     try:
         r = subprocess.run(["bash", str(ROOT / "scripts" / "setup_rknn_env.sh")], cwd=ROOT, capture_output=True,
                            text=True, timeout=SETUP_BUDGET_S)
     except subprocess.TimeoutExpired:
-        pytest.skip(f"scripts/setup_rknn_env.sh took over {SETUP_BUDGET_S} s (too slow for the test run)")
+        missing(f"scripts/setup_rknn_env.sh took over {SETUP_BUDGET_S} s")
     if r.returncode != 0:
-        pytest.skip("rknn-toolkit2 could not be installed/imported in .venv-rknn: "
-                    + (r.stderr.strip().splitlines() or ["?"])[-1])
+        missing("rknn-toolkit2 could not be installed/imported in .venv-rknn: "
+                + (r.stderr.strip().splitlines() or ["?"])[-1])
     return VENV_PY
 
 
 DEFAULT_MIN_SNR_DB = 30.0  # issue 6: the default precision in the simulator, tiny model, closed loop
+# enough chunks for a saturating one to show (docs/RKNN.md: 2 of 100 chunks fell to 20 dB with a short
+# calibration); the closed-loop SNR and the worst one-step SNR both cover all of them
+EVAL_CHUNKS = 40
 
 
 def _convert(py, model: Path, precision: str | None, *args: str) -> dict:
-    """scripts/convert_rknn.py with 4 evaluation chunks; precision None = the script's default."""
+    """scripts/convert_rknn.py with EVAL_CHUNKS evaluation chunks; precision None = the script's default."""
     out = model / f"vocoder-{precision or 'default'}.rknn"
     cmd = [str(py), str(ROOT / "scripts" / "convert_rknn.py"), str(model), "--chunk", "4", "--out", str(out),
-           "--eval-chunks", "4", *args] + (["--precision", precision] if precision else [])
+           "--eval-chunks", str(EVAL_CHUNKS), *args] + (["--precision", precision] if precision else [])
     r = subprocess.run(cmd, cwd=model, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     meta = json.loads(Path(str(out) + ".json").read_text())

@@ -17,7 +17,9 @@ EXIT = {"not_running": 3, "timeout": 4}
 
 
 def _pcm16(x: np.ndarray) -> bytes:
-    return (np.clip(x, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    from daemons.engine.pcm import pcm16_bytes
+
+    return pcm16_bytes(x)
 
 
 class _TextFirst(click.Group):

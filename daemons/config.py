@@ -17,6 +17,7 @@ Environment variables override the file:
     QWEN3_TTS_SAMPLING_<KEY>                           e.g. QWEN3_TTS_SAMPLING_TEMPERATURE=0.7
     QWEN3_TTS_LIMITS_<KEY>                             e.g. QWEN3_TTS_LIMITS_QUEUE_SIZE=16
     QWEN3_TTS_VOCODER_{BACKEND,NPU_CORE_MASK,RKNN_FILE} the vocoder backend (see VocoderBackend, docs/RKNN.md)
+    QWEN3_TTS_GATEWAY_{HOST,PORT,API_KEYS,MAX_INPUT_CHARS} the HTTP gateway (API_KEYS comma-separated)
 
 The runtime directory (where the default ipc:// sockets live; the launcher's pid files and logs too) is
 decided here and nowhere else (launch.sh asks `python -m daemons.config --runtime-dir`). First that applies:
@@ -123,6 +124,40 @@ class VocoderBackend:
     rknn_file: str = DEFAULT_RKNN_FILE
 
 
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
+                 "marin", "cedar")
+
+
+@dataclass
+class GatewayConfig:
+    """[gateway]: the OpenAI-compatible HTTP front (daemons/gateway/). `voice_aliases`: request voice name ->
+    a voice name of voices_dir, or "" for the default voice (OpenAI's stock names by default)."""
+    host: str = "127.0.0.1"
+    port: int = 8880
+    api_keys: list[str] = field(default_factory=list)   # empty: no authentication
+    max_input_chars: int = 20000
+    voice_aliases: dict[str, str] = field(default_factory=lambda: {v: "" for v in OPENAI_VOICES})
+
+
+def _gateway_value(key: str, value: Any, where: str, from_env: bool) -> Any:
+    if key == "host":
+        return _as_str(value, where).strip()
+    if key in ("port", "max_input_chars"):
+        v = _as_int(value, where, from_env)
+        if not (0 < v < 65536 if key == "port" else v > 0):
+            raise ConfigError(f"{where}: out of range: {v!r}")
+        return v
+    if key == "api_keys":
+        if from_env and isinstance(value, str):
+            value = [k.strip() for k in value.split(",") if k.strip()]
+        if not isinstance(value, list) or not all(isinstance(k, str) and k for k in value):
+            raise ConfigError(f"{where}: expected a list of non-empty strings")
+        return value
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError(f"{where}: expected a table of voice name -> voice name (\"\" = default voice)")
+    return dict(value)
+
+
 # Sampling overrides accepted in [sampling] (names of daemons.engine.sampling.SamplingParams fields):
 # name -> (kind, check, description of the allowed range)
 _SAMPLING_KEYS: dict[str, tuple[str, Any, str]] = {
@@ -151,6 +186,7 @@ class Config:
     voices_dir: Path | None = None
     source: Path | None = None        # the TOML file that was read, None when none was found
     vocoder_backend: VocoderBackend = field(default_factory=VocoderBackend)
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
     def endpoint(self, role: str) -> str:
         return self.endpoints[_check_role(role)]
@@ -453,7 +489,7 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     doc = _read_toml(src_path) if src_path is not None else {}
     src = str(src_path) if src_path is not None else "<defaults>"
 
-    top = ("model_dir", "runtime_dir", "voices_dir", "endpoints", *ROLES, "sampling", "limits")
+    top = ("model_dir", "runtime_dir", "voices_dir", "endpoints", *ROLES, "sampling", "limits", "gateway")
     _unknown(doc.keys(), top, src)
     cfg = Config(source=src_path)
 
@@ -535,6 +571,15 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         setattr(cfg.limits, key, _limit_value(key, value, f"{src}: limits.{key}", False))
     _env_section(env, "QWEN3_TTS_LIMITS_", names,
                  lambda k, v, w: setattr(cfg.limits, k, _limit_value(k, v, w, True)))
+
+    # --- gateway
+    names = [f.name for f in fields(GatewayConfig)]
+    t = _table(doc, "gateway", src)
+    _unknown(t.keys(), names, src, "gateway.")
+    for key, value in t.items():
+        setattr(cfg.gateway, key, _gateway_value(key, value, f"{src}: gateway.{key}", False))
+    _env_section(env, "QWEN3_TTS_GATEWAY_", [n for n in names if n != "voice_aliases"],
+                 lambda k, v, w: setattr(cfg.gateway, k, _gateway_value(k, v, w, True)))
     return cfg
 
 

@@ -30,6 +30,7 @@ import psutil
 from .config import private_dir_problem
 
 ROLES = ("predictor", "vocoder", "talker")
+ALL_ROLES = (*ROLES, "gateway")   # the HTTP gateway last, after the talker (`launch.sh --daemon` starts it too)
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -269,7 +270,7 @@ def start(roles, timeout):
 
 
 @main.command()
-@click.option("--roles", default=",".join(ROLES), show_default=True)
+@click.option("--roles", default=",".join(ALL_ROLES), show_default=True)
 def stop(roles):
     la = _launcher(create=False)
     for r in reversed([r for r in roles.split(",") if r]):
@@ -280,10 +281,10 @@ def stop(roles):
 def status():
     la = _launcher(create=False)
     down = 0
-    for r in ROLES:
+    for r in ALL_ROLES:
         pid = la.running_pid(r)
         click.echo(f"{r}: {'running, pid ' + str(pid) if pid else 'stopped'}")
-        down += pid is None
+        down += pid is None and r in ROLES  # the gateway is optional
     sys.exit(1 if down else 0)
 
 

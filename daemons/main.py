@@ -1,11 +1,12 @@
-"""`qwen3-tts-daemon talker|predictor|vocoder`: one entry point per role (systemd: qwen3-tts@ROLE)."""
+"""`qwen3-tts-daemon talker|predictor|vocoder|gateway`: one entry point per role (systemd: qwen3-tts@ROLE).
+The gateway (daemons/gateway/http.py) loads no model and is not pinned."""
 from __future__ import annotations
 
 import sys
 
 import click
 
-ROLES = ("talker", "predictor", "vocoder")
+ROLES = ("talker", "predictor", "vocoder", "gateway")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,6 +34,9 @@ def main(role, config_path, model_dir):
 
     logging.basicConfig(level=os.environ.get("QWEN3_TTS_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s")
+    if role == "gateway":
+        from .gateway.http import run_gateway
+        sys.exit(run_gateway(cfg))
     # Pin and size thread pools before numpy, llama.cpp or onnxruntime start theirs.
     plan = pin_role(role, cfg.role(role))
     if role == "talker":

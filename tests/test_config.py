@@ -300,6 +300,7 @@ def test_example_file_documents_every_key_with_its_default(home):
     documented |= {f"{r}.{k}" for r in C.ROLES for k in ("cpus", "threads")}
     documented |= {f"sampling.{k}" for k in C._SAMPLING_KEYS}
     documented |= {f"limits.{f.name}" for f in dataclasses.fields(Limits)}
+    documented |= {f"gateway.{f.name}" for f in dataclasses.fields(C.GatewayConfig)}
     assert keys == documented
 
     default = load_config(env=env_for(home))

@@ -21,7 +21,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 INSTALL = ROOT / "scripts" / "install-systemd.sh"
 ENTRY = Path(".venv") / "bin" / "qwen3-tts-daemon"
-ROLES = ("talker", "predictor", "vocoder")
+ROLES = ("talker", "predictor", "vocoder", "gateway")
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 
@@ -147,7 +147,8 @@ def test_unit_contents(units, prefix):
     assert "QWEN3_TTS_CONFIG=/etc/qwen3-tts/config.toml" in s["Service.Environment"]
 
     t = directives(units / "qwen3-tts.target")
-    assert t["Unit.Wants"] == ["qwen3-tts@predictor.service qwen3-tts@vocoder.service qwen3-tts@talker.service"]
+    assert t["Unit.Wants"] == ["qwen3-tts@predictor.service qwen3-tts@vocoder.service qwen3-tts@talker.service "
+                               "qwen3-tts@gateway.service"]
     assert t["Install.WantedBy"] == ["multi-user.target"]
     order = directives(units / "qwen3-tts@talker.service.d" / "10-order.conf")
     assert order["Unit.After"] == ["qwen3-tts@predictor.service qwen3-tts@vocoder.service"]
@@ -187,7 +188,7 @@ def test_security_exposure(units):
         pytest.skip("systemd-analyze security --offline not supported here")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
     scores = [float(x) for x in re.findall(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)]
-    assert len(scores) == 3 and max(scores) <= 2.5, scores
+    assert len(scores) == len(ROLES) and max(scores) <= 2.5, scores
 
 
 def _can_unshare() -> bool:

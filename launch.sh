@@ -55,7 +55,7 @@ roles=predictor,vocoder,talker
 [ "$mode" = daemon ] && roles=$roles,gateway   # the OpenAI-compatible HTTP gateway ([gateway] in the config)
 started=$("$PY" -m daemons.launcher start --roles "$roles")
 if [ "$mode" = daemon ]; then
-  echo "daemons running (sockets in $QWEN3_TTS_RUNTIME_DIR, HTTP gateway: see [gateway], default http://127.0.0.1:8880/v1); stop with: bash launch.sh --stop"
+  echo "daemons running (sockets in $QWEN3_TTS_RUNTIME_DIR); OpenAI-compatible HTTP as configured in [gateway] (default http://127.0.0.1:8880/v1); stop with: bash launch.sh --stop"
   exit 0
 fi
 rc=0

@@ -209,6 +209,11 @@ def test_listings_health_metrics(gw):
     assert h.status_code == 200 and h.json()["talker"]["role"] == "talker"
     m = httpx.get(gw.base + "/metrics").text
     assert "qwen3_tts_gateway_requests_total" in m and "qwen3_tts_gateway_time_to_first_audio_seconds" in m
+    notes = gw.read_notify("gateway", 0.1)   # sd_notify: status, ready, then the watchdog from its loop
+    assert any("READY=1" in n for n in notes) and any("STATUS=role=gateway" in n for n in notes)
+    t0 = time.monotonic()
+    while not any("WATCHDOG=1" in n for n in gw.read_notify("gateway", 0.5)):
+        assert time.monotonic() - t0 < 10
 
 
 @pytest.mark.parametrize("body,status,param", [

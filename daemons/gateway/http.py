@@ -398,8 +398,8 @@ async def serve(cfg: Config) -> int:
             return 1  # could not bind (uvicorn logged why)
         await asyncio.sleep(0.05)
     log.info("gateway listening on http://%s:%d/v1 (talker %s)", cfg.gateway.host, cfg.gateway.port, gw.endpoint)
-    n.ready()
     n.status(f"role=gateway listen={cfg.gateway.host}:{cfg.gateway.port} talker={gw.endpoint}")
+    n.ready()
     while not task.done():
         n.watchdog()  # from the event loop itself: a blocked loop misses it
         await asyncio.wait([task], timeout=1.0)

@@ -246,5 +246,8 @@ def test_client_warns_and_strict_fails(long_cluster, tmp_path):
             "--endpoint", long_cluster.endpoint, "--seed", "1"]
     r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "warning: segment 1/" in r.stderr, r.stderr
-    r = subprocess.run(args + ["--strict"], capture_output=True, text=True, env=env, timeout=120)
-    assert r.returncode == 5 and (tmp_path / "a.wav").exists()
+    assert (tmp_path / "a.wav").stat().st_size > 44
+    # --strict to its own file: the first run's a.wav must not stand in for the output of this one
+    strict = args[:args.index("-o") + 1] + [str(tmp_path / "strict.wav")] + args[args.index("-o") + 2:]
+    r = subprocess.run(strict + ["--strict"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 5 and (tmp_path / "strict.wav").read_bytes() == (tmp_path / "a.wav").read_bytes()

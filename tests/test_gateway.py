@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT
 from client.api import TTSClient
 from daemons.engine.pcm import to_int16
+from daemons.engine.voice import Voice
 from daemons.launcher import ROLES, Launcher
 
 av = pytest.importorskip("av")
@@ -48,10 +49,13 @@ def gw(tiny_model, tmp_path_factory):
     run = tmp / "run"
     voices = tmp / "voices"
     voices.mkdir()
+    hidden = json.loads((tiny_model / "manifest.json").read_text())["talker"]["hidden_size"]
+    Voice(np.random.default_rng(7).standard_normal(hidden).astype(np.float32), language="english",
+          name="anna").save(voices / "anna.json")
     port = free_port()
     cfg = tmp / "qwen3-tts.toml"
     cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{run}"\nvoices_dir = "{voices}"\n'
-                   "[limits]\npredictor_timeout_s = 10.0\nvocoder_timeout_s = 10.0\nqueue_size = 1\n"
+                   "[limits]\npredictor_timeout_s = 3.0\nvocoder_timeout_s = 5.0\nqueue_size = 1\n"
                    "loop_frames = 0\nsilence_frames = 0\n[sampling]\nmin_new_tokens = 2048\n"
                    f"[gateway]\nport = {port}\n")
     env = {**os.environ, "QWEN3_TTS_CONFIG": str(cfg), "PYTHONPATH": str(ROOT)}
@@ -84,8 +88,12 @@ def sdk(gw) -> "openai.OpenAI":
 
 @pytest.fixture(scope="module")
 def reference(gw):
-    """What the ZeroMQ client gets for the same request, as int16."""
+    """What the ZeroMQ client gets for the same request, as int16. The cluster's very first request is a
+    warm-up: in one run of several its audio differed from every later request's by 1-2 LSB on ~20 % of
+    the samples (later requests all agreed with each other; in a rerun with codes returned, the first three
+    requests had identical codes and identical audio), so the reference is the second request."""
     with TTSClient(gw.endpoint) as c:
+        c.synthesize(TEXT, "english", params={"seed": 3}, max_frames=24)
         r = c.synthesize(TEXT, "english", params={"seed": 3}, max_frames=24)
     assert len(r.audio) > 0
     return to_int16(r.audio), r
@@ -199,6 +207,17 @@ def test_speed(gw, reference):
     assert abs(len(two) / 2 - len(ref) / 2) <= 0.02 * len(ref) / 2 + 64
 
 
+def test_named_voice(gw):
+    """A voice of voices_dir by name and as {"id"}: the samples tts-client gets with --voice anna."""
+    with TTSClient(gw.endpoint) as c:
+        ref = to_int16(c.synthesize(TEXT, "english", params={"seed": 3}, max_frames=24, voice="anna").audio)
+    c = sdk(gw)
+    for voice in ("anna", {"id": "anna"}):
+        r = c.audio.speech.create(model="tts-1", input=TEXT, voice=voice, response_format="pcm", extra_body=EXTRA)
+        same_pcm(np.frombuffer(r.content, "<i2"), ref, f"voice {voice}")
+    assert {"id": "anna", "name": "anna"} in httpx.get(gw.base + "/v1/audio/voices").json()["voices"]
+
+
 def test_listings_health_metrics(gw):
     c = sdk(gw)
     assert "tts-1" in [m.id for m in c.models.list().data]
@@ -300,6 +319,29 @@ def test_disconnect_cancels_and_busy(gw):
     r = sdk(gw).audio.speech.create(model="tts-1", input=TEXT, voice="alloy", response_format="pcm",
                                     extra_body=EXTRA)   # the talker works normally afterwards
     assert len(r.content) > 0
+
+
+def test_predictor_killed_mid_stream(gw):
+    """kill -9 of the predictor while an SSE stream runs: the stream ends with an error event the client
+    sees (a chunked audio body is cut short instead); after a restart the next request works."""
+    import signal
+
+    wait_idle(gw, 60)
+    with long_stream(gw, stream_format="sse") as s:
+        assert s.status_code == 200
+        lines = s.iter_lines()
+        first = next(ln for ln in lines if ln.startswith("data: "))
+        assert json.loads(first[6:])["type"] == "speech.audio.delta"
+        os.kill(gw.procs["predictor"].pid, signal.SIGKILL)
+        gw.procs["predictor"].wait()
+        events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: ")]
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "predictor_unavailable", events[-1:]
+    assert all(e["type"] == "speech.audio.delta" for e in events[:-1])
+    gw.start("predictor")
+    gw.wait_ready("predictor", 120)
+    r = sdk(gw).audio.speech.create(model="tts-1", input=TEXT, voice="alloy", response_format="wav",
+                                    extra_body=EXTRA)
+    assert len(decode(r.content, "wav")[0]) > 0
 
 
 def test_talker_down_is_503(tmp_path):

@@ -76,6 +76,10 @@ def talker_error(code: str, message: str) -> ApiError:
     return ApiError(status, message, code, type_="invalid_request_error" if status < 500 else "server_error")
 
 
+class _Gone(Exception):
+    """The HTTP client disconnected before the response started."""
+
+
 class Metrics:
     def __init__(self):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -290,12 +294,23 @@ class Gateway:
             try:
                 await talk.send(protocol.encode("synthesize", id=rid, **header))
                 first = await self.next_message(talk, rid, CONNECT_TIMEOUT_S)
+                deadline = time.monotonic() + self.cfg.limits.request_timeout_s
                 while first.type not in ("audio", "done"):  # accepted, progress: wait for audio before headers
-                    first = await self.next_message(talk, rid, self.cfg.limits.request_timeout_s)
+                    if not await talk.sock.poll(500, zmq.POLLIN):
+                        if await request.is_disconnected():  # gave up while queued: free its place at once
+                            raise _Gone()
+                        if time.monotonic() > deadline:
+                            raise ApiError(504, "no audio from the talker in time", "timeout", type_="server_error")
+                        continue
+                    first = await self.next_message(talk, rid, CONNECT_TIMEOUT_S)
             except BaseException:
                 self.cancel(talk, rid)
                 talk.close()
                 raise
+        except _Gone:
+            log.info("speech request %s: client disconnected before its first audio, cancelled", rid)
+            m.requests.labels("499").inc()
+            return Response(status_code=499)
         except ApiError as e:
             m.requests.labels(str(e.status)).inc()
             m.errors.labels(e.code).inc()

@@ -1,19 +1,25 @@
 """Predictor daemon: codes 1..15 and the feedback embedding for one frame per `predict` request."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import protocol
 from .engine.manifest import ModelDir
 from .engine.predictor import PredictorEngine
 from .engine.sampling import SamplingParams
-from .service import WorkerService
+from .service import WORKER_RCVHWM, WorkerService
 
 SUB_PARAMS = ("sub_do_sample", "sub_temperature", "sub_top_k", "sub_top_p")
+MAX_SEED = 1 << 63   # seed in [0, 2**63), like the talker's
+MAX_FRAME = 1 << 31  # frame index in [0, 2**31)
 
 
 def sub_params(d) -> SamplingParams:
-    """The predictor's share of the sampling parameters, validated (ValueError on nonsense)."""
+    """The predictor's share of the sampling parameters, validated (ValueError on nonsense): sub_do_sample a
+    boolean; sub_temperature, sub_top_p finite numbers; sub_top_k an integer; ranges as in
+    SamplingParams.validate (sub_temperature >= 1e-5, sub_top_p in (0, 1], sub_top_k in 0..2**20)."""
     if not isinstance(d, dict) or set(d) - set(SUB_PARAMS):
         raise ValueError(f"params must be an object with keys among {', '.join(SUB_PARAMS)}")
     p = SamplingParams()
@@ -21,11 +27,21 @@ def sub_params(d) -> SamplingParams:
         if k == "sub_do_sample":
             if not isinstance(v, bool):
                 raise ValueError("sub_do_sample must be a boolean")
-        elif not isinstance(v, (int, float)) or isinstance(v, bool):
-            raise ValueError(f"{k} must be a number")
-        setattr(p, k, int(v) if k == "sub_top_k" else v)
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{k} must be a finite number")
+        elif k == "sub_top_k":
+            if v != int(v):
+                raise ValueError("sub_top_k must be an integer")
+            v = int(v)
+        setattr(p, k, v)
     p.validate()
     return p
+
+
+def _int_in(name: str, v, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < hi:
+        raise ValueError(f"{name} must be an integer in [0, {hi})")
+    return v
 
 
 class PredictorDaemon(WorkerService):
@@ -35,7 +51,7 @@ class PredictorDaemon(WorkerService):
         self.md = ModelDir(self.cfg.model_dir)
         self.engine = PredictorEngine(self.md, threads=self.threads)
         self.hidden = self.md.talker["hidden_size"]
-        self.sock = self.bind_router(self.cfg.endpoints["predictor"])
+        self.sock = self.bind_router(self.cfg.endpoints["predictor"], private=True, rcvhwm=WORKER_RCVHWM)
 
     def warmup(self) -> None:
         self.engine.predict(np.zeros(self.hidden, np.float32), 0, SamplingParams(), 0, 0)
@@ -48,16 +64,19 @@ class PredictorDaemon(WorkerService):
             if hidden is None or hidden.dtype != np.float32 or hidden.shape != (self.hidden,) \
                     or not np.isfinite(hidden).all():
                 raise ValueError(f"hidden must be {self.hidden} finite float32 values")
-            c0, seed, frame = h.get("c0"), h.get("seed"), h.get("frame")
-            for name, v in (("c0", c0), ("seed", seed), ("frame", frame)):
-                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                    raise ValueError(f"{name} must be a non-negative integer")
-            if c0 >= self.engine.codebook_size:
-                raise ValueError(f"c0 must be < {self.engine.codebook_size}")
+            c0 = _int_in("c0", h.get("c0"), self.engine.codebook_size)
+            seed = _int_in("seed", h.get("seed"), MAX_SEED)
+            frame = _int_in("frame", h.get("frame"), MAX_FRAME)
             params = sub_params(h.get("params", {}))
         except ValueError as e:
             self.reply(self.sock, ident, protocol.error(rid, "bad_request", str(e)))
             return
-        codes, feedback = self.engine.predict(hidden, c0, params, seed, frame)
+        try:
+            codes, feedback = self.engine.predict(hidden, c0, params, seed, frame)
+        except ValueError as e:  # e.g. logits that are not finite (no sampling from NaN probabilities)
+            self.log.warning("predict %r (frame %d): %r", rid, frame, str(e)[:300])
+            self.reply(self.sock, ident, protocol.error(rid, "bad_request", f"predict: {e}"))
+            return
+        # anything else escapes to WorkerService.serve_once: one log line, error `internal`, the loop goes on
         self.reply(self.sock, ident, protocol.encode("codes", {"codes": codes, "feedback": feedback},
                                                      id=rid, frame=frame))

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
+import traceback
 from pathlib import Path
 
 import zmq
@@ -14,6 +16,14 @@ from .cpu import CpuPlan, format_cpu_list
 from .notify import Notifier
 
 POLL_MS = 200  # upper bound on the loop period when idle (watchdog pings come from this loop)
+WORKER_RCVHWM = 64  # messages waiting per connection at the predictor/vocoder (the talker has a few in flight)
+
+
+def describe(e: BaseException) -> str:
+    """One log line for an unexpected exception: its type, message (repr: no forged lines) and where."""
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {os.path.basename(tb[-1].filename)}:{tb[-1].lineno} in {tb[-1].name}" if tb else ""
+    return f"{type(e).__name__}: {str(e)[:300]!r}{where}"
 
 
 class Service:
@@ -44,12 +54,29 @@ class Service:
         s.setsockopt(zmq.MAXMSGSIZE, 4 * self.limits.max_message_bytes)
         return s
 
-    def bind_router(self, endpoint: str) -> zmq.Socket:
-        if endpoint.startswith("ipc://"):
-            Path(endpoint[len("ipc://"):]).parent.mkdir(parents=True, exist_ok=True)
+    def bind_router(self, endpoint: str, private: bool = False, rcvhwm: int | None = None) -> zmq.Socket:
+        """`private`: an ipc:// socket only this user can connect to (mode 0600; the predictor and the
+        vocoder, which only the talker, running as the same user, talks to): the clients' group reaches the
+        talker, never another request's predictor or vocoder stream. tcp:// endpoints have no such guard
+        (bind them to 127.0.0.1 or a private network). `rcvhwm`: messages queued per connection (ZMQ_RCVHWM)."""
+        # a file-system ipc:// socket (ipc://@name is Linux's abstract namespace: no file, no mode)
+        path = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") and endpoint[6:7] != "@" else None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         s = self._socket(zmq.ROUTER)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises instead of dropping
-        s.bind(endpoint)
+        if rcvhwm is not None:
+            s.setsockopt(zmq.RCVHWM, rcvhwm)
+        if not private:
+            s.bind(endpoint)
+            return s
+        old = os.umask(0o177)  # libzmq creates the socket file inside bind(), in this thread: born 0600
+        try:
+            s.bind(endpoint)
+        finally:
+            os.umask(old)
+        if path is not None:
+            os.chmod(path, 0o600)
         return s
 
     def connect_dealer(self, endpoint: str) -> zmq.Socket:
@@ -77,9 +104,26 @@ class Service:
         try:
             return ident, protocol.decode(body, self.limits.max_message_bytes)
         except protocol.ProtocolError as e:
-            self.log.warning("bad message: %s", e)
-            self.reply(sock, ident, protocol.error(None, e.code, str(e)))
+            self.log.warning("bad message (id %r): %r", e.rid, str(e)[:300])
+            self.reply(sock, ident, protocol.error(e.rid, e.code, str(e)))
             return ident, None
+
+    def internal_error(self, sock: zmq.Socket | None, ident: bytes | None, msg: protocol.Message | None,
+                       e: Exception) -> None:
+        """An exception that escaped a handler: one log line (traceback at DEBUG), a typed `internal` error
+        to the sender when there is one to answer, and the loop goes on."""
+        rid = msg.id if msg is not None and isinstance(msg.id, str) else None
+        if msg is None:
+            self.log.error("serving loop: internal error: %s", describe(e))
+        else:
+            self.log.error("%r message %r: internal error: %s", msg.type, rid, describe(e))
+        self.log.debug("traceback", exc_info=e)
+        if sock is None or ident is None:
+            return
+        try:
+            self.reply(sock, ident, protocol.error(rid, "internal", f"internal error: {type(e).__name__}"))
+        except Exception as e2:  # the answer itself failed: the peer is gone or the socket is broken
+            self.log.error("error reply to %r not sent: %s", rid, describe(e2))
 
     # --- life cycle ------------------------------------------------------------------------------
     def load(self) -> None: ...
@@ -107,7 +151,11 @@ class Service:
             if self.stop_requested and not announced:
                 self.notifier.stopping()
                 announced = True
-            self.serve_once(POLL_MS)
+            try:
+                self.serve_once(POLL_MS)
+            except Exception as e:  # never reachable from input by design; if it is, the daemon lives on
+                self.internal_error(None, None, None, e)
+                time.sleep(0.01)  # a fault that repeats at once must not spin the core or flood the log
             self.notifier.watchdog()  # from the loop itself: a hung loop misses it
         if not announced:
             self.notifier.stopping()
@@ -130,6 +178,12 @@ class WorkerService(Service):
         ident, msg = self.recv_request(self.sock)
         if msg is None:
             return
+        try:
+            self.dispatch(ident, msg)
+        except Exception as e:
+            self.internal_error(self.sock, ident, msg, e)
+
+    def dispatch(self, ident: bytes, msg: protocol.Message) -> None:
         if msg.type == "ping":
             self.reply(self.sock, ident, protocol.encode("pong", role=self.role, ready=True, **self.pong()))
             return

@@ -1,22 +1,37 @@
-"""Vocoder daemon: one stateful decoder stream per request id; frames in, 24 kHz PCM out."""
+"""Vocoder daemon: one stateful decoder stream per (connection, request id); frames in, 24 kHz PCM out.
+
+Every message is validated before any work: codes int [n, 16] with 1 <= n <= MAX_FRAMES_PER_MESSAGE (64) and
+every code in the codebook, reference contexts of at most [limits] max_ref_frames frames, pause samples
+0..240000, seq an int >= 0. Frames and contexts are decoded DECODE_STEP_FRAMES at a time: onnxruntime's arena
+(and its memory pattern per input shape) keeps the peak of the largest call for good, so no call is larger. Streams are keyed by the ROUTER identity of the connection and the id, so one connection cannot
+close, reset, advance or evict another's stream; the socket file is 0600 (only the talker's user reaches it).
+"""
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 import zmq
 
 from . import protocol
 from .engine.manifest import ModelDir
-from .service import WorkerService
+from .engine.voice import Voice, VoiceError
+from .service import WORKER_RCVHWM, WorkerService, describe
 from .vocoder_backend import open_vocoder
 
-MAX_STREAMS = 32  # least recently used streams beyond this are dropped
+MAX_FRAMES_PER_MESSAGE = 64  # frames in one `frames` message (the talker sends chunks of 2-4); more: bad_request
+MAX_STREAMS = 32  # streams beyond this are dropped: the least recently used of the connection holding the most
 MAX_CONTEXTS = 8  # decoder states primed with a voice's reference codes, least recently used dropped
-PRIME_STEP_FRAMES = 4  # idle-time priming works in steps this small, so a request waits at most one step
+MAX_PRIME_JOBS = 4  # contexts waiting to be primed (from `prime` messages, then voices_dir), oldest dropped
+PRIME_STEP_FRAMES = 4  # priming between messages works in steps this small, so a request waits at most one step
+# Largest decoder call. Measured on the tiny model (onnxruntime defaults): RSS kept after calls of 64 frames
+# +88 MiB, 32: +43, 16: +21 (2000 frames: +1.5 GiB). The audio of a stream does not depend on the steps.
+DECODE_STEP_FRAMES = 16
 VOICES_RESCAN_S = 30.0
+MAX_PAUSE_SAMPLES = 10 * 24000
+MAX_SEQ = 1 << 62
 
 
 class VocoderDaemon(WorkerService):
@@ -27,13 +42,18 @@ class VocoderDaemon(WorkerService):
         # [vocoder] backend: onnxruntime, or the RKNN NPU model with onnxruntime as the logged fallback
         self.engine = open_vocoder(self.md.file(self.md.vocoder["onnx"]), self.md.vocoder, self.cfg.vocoder_backend,
                                    threads=self.threads, model_dir=self.md.path, log=self.log)
-        self.streams: OrderedDict[str, tuple] = OrderedDict()  # id -> (stream, next seq)
+        # [limits] vocoder_max_frames when the config has it, else the module's cap
+        self.max_frames = int(getattr(self.limits, "vocoder_max_frames", MAX_FRAMES_PER_MESSAGE))
+        self.max_context = self.limits.max_ref_frames
+        self.streams: OrderedDict[tuple[bytes, str], tuple] = OrderedDict()  # (connection, id) -> (stream, next seq)
         self.contexts: OrderedDict[str, object] = OrderedDict()  # sha256 of reference codes -> primed stream
+        # contexts being primed between messages: key -> [stream, codes, next frame, from voices_dir]; the
+        # first one is worked on next (`prime` messages go first, voices_dir's idle jobs after them)
+        self.jobs: OrderedDict[str, list] = OrderedDict()
         self.context_hits = self.context_misses = self.primed_idle = 0
-        self._idle_job = None  # (key, stream, codes, next frame): a named voice being primed between requests
         self._voices_seen: dict = {}
         self._next_scan = 0.0
-        self.sock = self.bind_router(self.cfg.endpoints["vocoder"])
+        self.sock = self.bind_router(self.cfg.endpoints["vocoder"], private=True, rcvhwm=WORKER_RCVHWM)
 
     def warmup(self) -> None:
         self.engine.new_stream().decode(np.zeros((2, 16), dtype=np.int64))
@@ -42,34 +62,79 @@ class VocoderDaemon(WorkerService):
         return {"streams": len(self.streams), "contexts": len(self.contexts), "context_hits": self.context_hits,
                 "context_misses": self.context_misses, "primed_idle": self.primed_idle}
 
-    # --- idle-time priming of the named voices -------------------------------------------------------
+    def status_line(self) -> str:
+        return super().status_line() + f" backend={getattr(self.engine, 'backend', 'onnx')}"
+
+    # --- validation --------------------------------------------------------------------------------
+    def check_codes(self, a, what: str, cap: int) -> np.ndarray:
+        """int codes [n, 16], 1 <= n <= cap, each in the codebook (ValueError naming `what` otherwise)."""
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"{what}: missing (an int array [n, 16])")
+        if a.ndim != 2 or a.shape[1] != 16 or not 1 <= a.shape[0] <= cap:
+            raise ValueError(f"{what}: shape {list(a.shape)}, must be [n, 16] with n in 1..{cap}")
+        try:
+            return self.engine.validate(a)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{what}: {e}") from None
+
+    def context_of(self, msg: protocol.Message) -> np.ndarray | None:
+        c = msg.arrays.get("context")
+        return None if c is None else self.check_codes(c, "context", self.max_context)
+
+    # --- priming of reference contexts, between messages ----------------------------------------------
     def serve_once(self, timeout_ms: int) -> None:
-        """Between requests, prime the in-context voices of `voices_dir`, a few frames at a time, so even
-        their first use finds the vocoder state ready (priming is ~1 s per 12 reference frames at full size)."""
-        if self._idle_job is None:
-            self._idle_job = self._next_idle_job()
-        if self._idle_job is None:
+        """Messages first; between them, prime the contexts announced by `prime` and the in-context voices
+        of `voices_dir` a few frames at a time, so even their first use finds the vocoder state ready
+        (priming is ~1 s per 12 reference frames at full size)."""
+        if not self.jobs:
+            self._add_idle_job()
+        if not self.jobs:
             return super().serve_once(timeout_ms)
         if self.sock.poll(0, zmq.POLLIN):  # requests first
             return super().serve_once(0)
-        key, stream, codes, at = self._idle_job
-        stream.decode(codes[at:at + PRIME_STEP_FRAMES])
-        at += PRIME_STEP_FRAMES
-        if at < len(codes):
-            self._idle_job = (key, stream, codes, at)
+        key, job = next(iter(self.jobs.items()))
+        try:
+            self._advance(job, PRIME_STEP_FRAMES)
+        except Exception as e:  # validated codes cannot fail; if they do, drop the job, never retry it forever
+            self.jobs.pop(key, None)
+            self.log.error("priming %s dropped: %s", key[:12], describe(e))
             return
-        self._idle_job = None
+        if job[2] < len(job[1]):
+            return
+        del self.jobs[key]
         if key not in self.contexts:
-            self.remember_context(key, stream)
-            self.primed_idle += 1
-            self.log.info("primed the vocoder with voice reference %s (%d frames) while idle", key[:12], len(codes))
+            self.remember_context(key, job[0])
+            if job[3]:
+                self.primed_idle += 1
+                self.log.info("primed the vocoder with voice reference %s (%d frames) while idle", key[:12],
+                              len(job[1]))
 
-    def _next_idle_job(self):
+    @staticmethod
+    def _advance(job: list, step: int) -> None:
+        stream, codes, at = job[0], job[1], job[2]
+        stream.decode(codes[at:at + step])
+        job[2] = at + step
+
+    def _add_job(self, key: str, codes: np.ndarray, idle: bool) -> None:
+        if key in self.jobs:
+            if not idle:
+                self.jobs.move_to_end(key, last=False)
+            return
+        self.jobs[key] = [self.engine.new_stream(), codes, 0, idle]
+        if not idle:
+            self.jobs.move_to_end(key, last=False)
+        while len(self.jobs) > MAX_PRIME_JOBS:
+            self.jobs.popitem(last=True)
+
+    def _add_idle_job(self) -> None:
         if self.cfg.voices_dir is None or len(self.contexts) >= MAX_CONTEXTS or time.monotonic() < self._next_scan:
-            return None
-        from .engine.voice import Voice, VoiceError
-
-        for path in sorted(self.cfg.voices_dir.glob("*.json")):
+            return
+        try:
+            paths = sorted(self.cfg.voices_dir.glob("*.json"))
+        except OSError as e:
+            self.log.info("voices_dir %r not scanned: %r", str(self.cfg.voices_dir), str(e))
+            paths = []
+        for path in paths:
             try:
                 stamp = path.stat().st_mtime_ns
                 if self._voices_seen.get(path) == stamp:
@@ -78,15 +143,18 @@ class VocoderDaemon(WorkerService):
                 v = Voice.load(path)
                 if v.ref_codes is None:
                     continue
-                codes = self.engine.validate(v.ref_codes)
+                codes = self.check_codes(v.ref_codes, "reference codes", self.max_context)
             except (OSError, VoiceError, ValueError) as e:
-                self.log.info("voice %s not primed: %s", path.name, getattr(e, "message", e))
+                self.log.info("voice %r not primed: %r", path.name, str(getattr(e, "message", e))[:300])
+                continue
+            except Exception as e:  # whatever a file holds, the scan goes on (one line, not a crash loop)
+                self.log.warning("voice %r not primed: %s", path.name, describe(e))
                 continue
             key = self._context_key(codes)
             if key not in self.contexts:
-                return key, self.engine.new_stream(), codes, 0
+                self._add_job(key, codes, idle=True)
+                return
         self._next_scan = time.monotonic() + VOICES_RESCAN_S
-        return None
 
     @staticmethod
     def _context_key(codes) -> str:
@@ -100,87 +168,128 @@ class VocoderDaemon(WorkerService):
             self.contexts.popitem(last=False)
 
     def handle_prime(self, ident: bytes, msg: protocol.Message) -> None:
-        """Sent by the talker when an in-context request starts, so priming overlaps its prefill; no answer
-        (the stream's seq-0 message carries the context again and finds it primed, or primes it then)."""
+        """Sent by the talker when an in-context request starts, so priming overlaps its prefill; no answer.
+        Priming is queued and done between messages, in steps (the stream's seq-0 message carries the
+        context again and finds it primed, or finishes priming it then)."""
         try:
-            self.primed_stream(msg.arrays.get("context"), clone=False)
-        except (ValueError, TypeError) as e:
-            self.log.info("prime for %s ignored: %s", msg.id, e)
+            ctx = self.context_of(msg)
+            if ctx is None:
+                raise ValueError("no context codes")
+        except ValueError as e:
+            self.log.info("prime %r ignored: %r", msg.id, str(e)[:300])
+            return
+        key = self._context_key(ctx)
+        if key in self.contexts:
+            self.context_hits += 1
+            self.contexts.move_to_end(key)
+            return
+        job = self.jobs.get(key)
+        if job is None or job[3]:  # not primed, nor announced before: a miss (seq 0 will find it under way)
+            self.context_misses += 1
+        if job is not None:
+            job[3] = False  # wanted by a request now
+        self._add_job(key, ctx, idle=False)
 
-    def primed_stream(self, context, clone: bool = True):
-        """A new stream that has already decoded `context` (an in-context voice's reference codes) and
-        dropped its audio: the official decode(ref + generated) then cut, without the re-decode per
-        request: the primed state is kept per reference."""
-        if context is None:
-            raise ValueError("no context codes")
-        ctx = self.engine.validate(context)
+    def primed_stream(self, ctx: np.ndarray):
+        """A new stream that has already decoded `ctx` (an in-context voice's reference codes, validated) and
+        dropped its audio: the official decode(ref + generated) then cut, without the re-decode per request:
+        the primed state is kept per reference. Priming still needed is done now, DECODE_STEP_FRAMES at a time."""
         key = self._context_key(ctx)
         primed = self.contexts.get(key)
         if primed is None:
-            self.context_misses += 1
-            primed = self.engine.new_stream()
-            primed.decode(ctx)
+            job = self.jobs.pop(key, None)
+            if job is None or job[3]:
+                self.context_misses += 1
+            else:
+                self.context_hits += 1  # announced by `prime` (counted as the miss there), partly done already
+            if job is None:
+                job = [self.engine.new_stream(), ctx, 0, False]
+            while job[2] < len(ctx):
+                self._advance(job, DECODE_STEP_FRAMES)
+                self.notifier.watchdog()  # a long reference at full size takes seconds per step: not hung
+            primed = job[0]
         else:
             self.context_hits += 1
         self.remember_context(key, primed)
-        return primed.clone() if clone else None
+        return primed.clone()
 
-    def status_line(self) -> str:
-        return super().status_line() + f" backend={getattr(self.engine, 'backend', 'onnx')}"
-
+    # --- streams ----------------------------------------------------------------------------------
     def handle_close(self, ident: bytes, msg: protocol.Message) -> None:
-        self.streams.pop(msg.id, None)
+        if isinstance(msg.id, str):
+            self.streams.pop((ident, msg.id), None)
 
-    def _stream_at(self, ident: bytes, msg: protocol.Message):
-        """The stream of `msg.id` if `msg.seq` is the next one expected (seq 0 opens a stream), else None
-        after answering `unknown_stream`: a restarted vocoder (or a lost chunk) must not continue a stream
-        from the wrong state."""
+    def _seq(self, ident: bytes, msg: protocol.Message) -> int | None:
         rid, seq = msg.id, msg.header.get("seq")
-        if rid is None or not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        if rid is None or isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < MAX_SEQ:
             self.reply(self.sock, ident, protocol.error(rid, "bad_request", f"{msg.type} needs an id and a seq >= 0"))
             return None
+        return seq
+
+    def _stream_at(self, ident: bytes, msg: protocol.Message, seq: int):
+        """This connection's stream of `msg.id` if `seq` is the next one expected (seq 0 opens a stream, with
+        the message's context if any), else None after answering: a restarted vocoder (or a lost chunk) must
+        not continue a stream from the wrong state."""
+        key = (ident, msg.id)
         if seq == 0:
-            context = msg.arrays.get("context")
             try:
-                stream = self.engine.new_stream() if context is None else self.primed_stream(context)
-            except (ValueError, TypeError) as e:
-                self.reply(self.sock, ident, protocol.error(rid, "bad_request", f"context: {e}"))
+                ctx = self.context_of(msg)
+            except ValueError as e:
+                self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", str(e)))
                 return None
-            self.streams[rid] = (stream, 0)
-        entry = self.streams.get(rid)
+            self.streams[key] = (self.engine.new_stream() if ctx is None else self.primed_stream(ctx), 0)
+            self._trim_streams()
+        entry = self.streams.get(key)
         if entry is None or entry[1] != seq:
-            self.reply(self.sock, ident, protocol.error(rid, "unknown_stream",
-                                                        f"no stream state for {rid!r} at seq {seq}"))
-            self.streams.pop(rid, None)
+            self.reply(self.sock, ident, protocol.error(msg.id, "unknown_stream",
+                                                        f"no stream state for {msg.id!r} at seq {seq}"))
+            self.streams.pop(key, None)
             return None
         return entry[0]
 
-    def _answer(self, ident: bytes, msg: protocol.Message, stream, pcm, **extra) -> None:
-        rid, seq = msg.id, msg.header["seq"]
-        self.streams[rid] = (stream, seq + 1)
-        self.streams.move_to_end(rid)
+    def _trim_streams(self) -> None:
+        """Beyond MAX_STREAMS, drop the least recently used stream of the connection holding the most: a
+        connection that opens many streams evicts its own, not the talker's."""
         while len(self.streams) > MAX_STREAMS:
-            self.streams.popitem(last=False)
-        self.reply(self.sock, ident, protocol.encode("audio", {"pcm": pcm}, id=rid, seq=seq, **extra))
+            held = Counter(ident for ident, _ in self.streams)
+            most = max(held.values())
+            del self.streams[next(k for k in self.streams if held[k[0]] == most)]  # in LRU order
+
+    def _answer(self, ident: bytes, msg: protocol.Message, stream, seq: int, pcm, **extra) -> None:
+        key = (ident, msg.id)
+        self.streams[key] = (stream, seq + 1)
+        self.streams.move_to_end(key)
+        self._trim_streams()
+        self.reply(self.sock, ident, protocol.encode("audio", {"pcm": pcm}, id=msg.id, seq=seq, **extra))
 
     def handle_frames(self, ident: bytes, msg: protocol.Message) -> None:
-        stream = self._stream_at(ident, msg)
-        if stream is None:
+        seq = self._seq(ident, msg)
+        if seq is None:
             return
         try:
-            pcm = stream.decode(msg.arrays.get("codes"))
-        except (ValueError, TypeError) as e:
-            self.streams.pop(msg.id, None)
+            codes = self.check_codes(msg.arrays.get("codes"), "codes", self.max_frames)
+        except ValueError as e:
+            self.streams.pop((ident, msg.id), None)
             self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", str(e)))
             return
-        self._answer(ident, msg, stream, pcm)
+        stream = self._stream_at(ident, msg, seq)
+        if stream is None:
+            return
+        if len(codes) <= DECODE_STEP_FRAMES:
+            pcm = stream.decode(codes)
+        else:
+            pcm = np.concatenate([stream.decode(codes[i:i + DECODE_STEP_FRAMES])
+                                  for i in range(0, len(codes), DECODE_STEP_FRAMES)])
+        self._answer(ident, msg, stream, seq, pcm)
 
     def handle_pause(self, ident: bytes, msg: protocol.Message) -> None:
         """Silence between segments, in stream order; the decoder state is untouched (no seam)."""
-        n = msg.header.get("samples")
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= 10 * 24000:
-            self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", "samples must be 0..240000"))
+        seq = self._seq(ident, msg)
+        if seq is None:
             return
-        stream = self._stream_at(ident, msg)
+        n = msg.header.get("samples")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_PAUSE_SAMPLES:
+            self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", f"samples must be 0..{MAX_PAUSE_SAMPLES}"))
+            return
+        stream = self._stream_at(ident, msg, seq)
         if stream is not None:
-            self._answer(ident, msg, stream, np.zeros(n, dtype=np.float32), pause=True)
+            self._answer(ident, msg, stream, seq, np.zeros(n, dtype=np.float32), pause=True)

@@ -127,3 +127,108 @@ def test_synth_cli_errors(tiny_model):
     assert r.returncode == 2 and "text is empty" in r.stderr and "Traceback" not in r.stderr
     r = _run("-m", "daemons.engine.synth", "--model-dir", "/nonexistent", "--text", "hi")
     assert r.returncode == 2 and "model directory not found" in r.stderr
+
+
+# --- issue 11, class 1: nothing malformed escapes as anything but a typed error ---------------------------
+def _hdr(**h) -> bytes:
+    return json.dumps({"v": 1, "type": "x", **h}).encode()
+
+
+@pytest.mark.parametrize("frames, match", [
+    ([b"[" * 1100 + b"]" * 1100], "nests deeper"),                                   # RecursionError before
+    ([b'{"v":1,"type":"x","a":' + b"[" * 40 + b"]" * 40 + b"}"], "nests deeper"),
+    ([_hdr(arrays=[{"name": "c", "dtype": "<i8", "shape": [True, 16]}]), b"\x00" * 128], "bad array spec"),
+    ([_hdr(arrays=[{"name": "c", "dtype": "<i8", "shape": [1 << 30, 1 << 30, 16]}]), b""], "do not match"),
+    ([_hdr(arrays=[{"name": "c", "dtype": [], "shape": [1]}]), b"\x00" * 8], "bad array spec"),   # unhashable
+    ([_hdr(arrays=[{"name": "c", "dtype": "<i8", "shape": [1.0]}]), b"\x00" * 8], "bad array spec"),
+    ([_hdr(arrays=[{"name": "c", "dtype": "<i8", "shape": [1]}] * 2), b"\x00" * 8, b"\x00" * 8], "twice"),
+    ([b'{"v":1,"type":"x","id":"q","p":{"top_k":Infinity}}'], "non-finite"),
+    ([b'{"v":1,"type":"x","id":"q","seed":1e400}'], "non-finite"),
+    ([b'{"v":1,"type":"x","id":"q","seed":NaN}'], "non-finite"),
+    ([b'{"v":1,"type":"x","id":"q","seed":' + b"9" * 20 + b"}"], "beyond"),
+    ([b'{"v":1,"type":"x","seed":' + b"9" * 5000 + b"}"], "not valid JSON"),
+    ([b'{"v":true,"type":"x"}'], "version"),
+    ([_hdr(type="")], "message type"),
+    ([_hdr(id="")], "id must be"),
+])
+def test_protocol_decode_hostile_headers(frames, match):
+    from daemons import protocol
+
+    with pytest.raises(protocol.ProtocolError, match=match) as ei:
+        protocol.decode(frames)
+    if b'"id":"q"' in frames[0]:
+        assert ei.value.rid == "q"  # the error reply reaches the request it is about
+
+
+def test_protocol_round_trip_of_empty_arrays():
+    from daemons import protocol
+
+    m = protocol.decode(protocol.encode("audio", {"pcm": np.zeros(0, np.float32)}, id="a", seq=0))
+    assert m.arrays["pcm"].shape == (0,)  # a pause of 0 samples: memoryview.cast refused a 0 in the shape
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", 5e-324), ("sub_temperature", 1e-9), ("temperature", float("inf")), ("top_p", float("nan")),
+    ("repetition_penalty", 5e-324), ("repetition_penalty", float("inf")), ("top_k", 2.5), ("top_k", 1 << 40),
+    ("sub_top_k", -1), ("sub_top_p", 0.0),
+])
+def test_sampling_params_that_would_give_nan(field, value):
+    from daemons.engine.sampling import SamplingParams
+
+    p = SamplingParams(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        p.validate()
+
+
+def test_worker_loop_survives_a_handler_exception(caplog):
+    """A handler that raises: one log line with the id in repr, error `internal` to the sender, and the next
+    message is served (WorkerService.serve_once); an exception from serve_once itself does not end run()."""
+    import logging
+
+    import zmq
+
+    from daemons import protocol
+    from daemons.config import Config
+    from daemons.cpu import CpuPlan
+    from daemons.service import WorkerService
+
+    class Boom(WorkerService):
+        role = "boom"
+        loops = 0
+
+        def handle_boom(self, ident, msg):
+            raise RuntimeError("kaput\nFORGED line")
+
+        def serve_once(self, timeout_ms):
+            self.loops += 1
+            if self.loops == 1:
+                raise OSError("the loop itself")
+            if self.loops > 3:
+                self.stop_requested = True
+            return super().serve_once(timeout_ms)
+
+    import signal
+
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    svc = Boom(Config(), CpuPlan([0], 1, "test"))  # installs its own SIGTERM/SIGINT handlers: put back below
+    svc.sock = svc.bind_router("inproc://boom")
+    c = zmq.Context.instance().socket(zmq.DEALER)
+    c.setsockopt(zmq.LINGER, 0)
+    c.connect("inproc://boom")
+    try:
+        c.send_multipart(protocol.encode("boom", id="a\nFORGED"))
+        c.send_multipart(protocol.encode("ping"))
+        with caplog.at_level(logging.INFO, logger="qwen3_tts.boom"):
+            assert svc.run() == 0
+        err = protocol.decode(c.recv_multipart())
+        assert (err.type, err.id, err.header["code"]) == ("error", "a\nFORGED", "internal")
+        assert protocol.decode(c.recv_multipart()).type == "pong"
+    finally:
+        c.close(0)
+        svc.sock.close(0)
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 2 and all("\n" not in ln for ln in lines), lines
+    assert "serving loop: internal error: OSError" in lines[0]
+    assert "'boom' message 'a\\nFORGED': internal error: RuntimeError" in lines[1]

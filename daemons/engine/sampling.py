@@ -6,10 +6,19 @@ top-k -> top-p -> draw. Codes 1..15 (predictor): temperature -> top-k -> top-p -
 Greedy takes the argmax after the penalty/masking steps."""
 from __future__ import annotations
 
+import math
+import numbers
 import secrets
 from dataclasses import dataclass
 
 import numpy as np
+
+
+# Below this the logits divided by the temperature can overflow to inf and exp() gives NaN probabilities
+# (5e-324 did); 1e-5 is greedy in all but name. Logits of finite float32 over 1e-5 stay finite in float64.
+MIN_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 1e-3  # dividing float32 logits by less can overflow them to inf
+MAX_TOP_K = 1 << 20
 
 
 @dataclass
@@ -40,17 +49,24 @@ class SamplingParams:
         return p
 
     def validate(self) -> None:
+        """ValueError unless every value is finite and in range: temperatures >= MIN_TEMPERATURE, top_p in
+        (0, 1], top_k integers in 0..MAX_TOP_K (0 disables), repetition_penalty >= MIN_REPETITION_PENALTY."""
+        for name in ("temperature", "sub_temperature", "top_p", "sub_top_p", "repetition_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number")
         for name in ("temperature", "sub_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0")
+            if not getattr(self, name) >= MIN_TEMPERATURE:
+                raise ValueError(f"{name} must be >= {MIN_TEMPERATURE:g} (use do_sample false for greedy)")
         for name in ("top_p", "sub_top_p"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be in (0, 1]")
         for name in ("top_k", "sub_top_k"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0 (0 disables)")
-        if not self.repetition_penalty > 0:
-            raise ValueError("repetition_penalty must be > 0")
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v <= MAX_TOP_K:
+                raise ValueError(f"{name} must be an integer in 0..{MAX_TOP_K} (0 disables)")
+        if not self.repetition_penalty >= MIN_REPETITION_PENALTY:
+            raise ValueError(f"repetition_penalty must be >= {MIN_REPETITION_PENALTY:g}")
 
 
 def draw(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:

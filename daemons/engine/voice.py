@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,10 @@ MIN_SECONDS = 1.0    # the speaker encoder and the in-context prompt need a few 
 MAX_SECONDS = 30.0   # longer references only lengthen every prompt (12.5 rows per second) and the vocoder context
 SILENCE_RMS = 1e-3   # -60 dBFS: nothing to clone
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a 30 s voice file is ~60 KB; the largest inline voice a message can carry
+MAX_CODE = 1 << 31                # codes are small non-negative ints (the codebook size is checked by the users)
+F32_MAX = 3.4e38                  # x-vector values must fit float32 (and be finite)
+FILE_MODE = 0o640                 # voice files: owner and the service group, nobody else
 
 
 class VoiceError(TTSError):
@@ -53,43 +60,88 @@ class Voice:
                 "ref_codes": None if self.ref_codes is None else np.asarray(self.ref_codes).astype(int).tolist()}
 
     def save(self, path: str | Path) -> Path:
+        """Write atomically (a temporary file in the same directory, then os.replace) with mode 0640: the
+        vocoder's scan of voices_dir never reads half a file, and a voice is not world-readable."""
         path = Path(path)
-        path.write_text(json.dumps(self.to_json(), ensure_ascii=False) + "\n", encoding="utf-8")
+        data = (json.dumps(self.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), FILE_MODE)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
         return path
 
     @classmethod
     def from_json(cls, doc, where: str = "voice", hidden: int | None = None) -> "Voice":
+        """A voice from its JSON object (a file's content, or an inline voice in a request): VoiceError for
+        anything but the documented types and finite, in-range values (checked before any numpy conversion)."""
         if not isinstance(doc, dict) or doc.get("format") != VOICE_FORMAT:
             raise VoiceError(f"{where}: not a {VOICE_FORMAT} file")
-        if doc.get("version") != VOICE_VERSION:
-            raise VoiceError(f"{where}: voice file version {doc.get('version')!r} is not supported "
+        version = doc.get("version")
+        if type(version) is not int or version != VOICE_VERSION:
+            raise VoiceError(f"{where}: voice file version {version!r} is not supported "
                              f"(this runtime reads version {VOICE_VERSION}); re-encode it")
-        try:
-            xv = np.asarray(doc["xvector"], dtype=np.float32)
-            codes = doc.get("ref_codes")
-            codes = None if codes is None else np.asarray(codes, dtype=np.int64)
-        except (KeyError, TypeError, ValueError) as e:
-            raise VoiceError(f"{where}: malformed voice file ({e})") from None
-        if xv.ndim != 1 or not np.all(np.isfinite(xv)) or (hidden is not None and xv.shape[0] != hidden):
-            raise VoiceError(f"{where}: the x-vector must be {hidden or 'N'} finite floats, got shape {xv.shape}")
-        if codes is not None and (codes.ndim != 2 or codes.shape[1] != 16 or codes.shape[0] == 0):
-            raise VoiceError(f"{where}: reference codes must be [frames, 16], got {codes.shape}")
+        raw_xv = doc.get("xvector")
+        if not isinstance(raw_xv, list) or not raw_xv \
+                or not all(type(v) in (int, float) and abs(v) < F32_MAX for v in raw_xv):  # NaN compares False
+            raise VoiceError(f"{where}: malformed voice file (the x-vector must be a list of finite numbers)")
+        xv = np.asarray(raw_xv, dtype=np.float32)
+        if hidden is not None and xv.shape[0] != hidden:
+            raise VoiceError(f"{where}: the x-vector must be {hidden} finite floats, got shape {xv.shape}")
+        codes = doc.get("ref_codes")
+        if codes is not None:
+            if not isinstance(codes, list) or not codes or not all(isinstance(r, list) and len(r) == 16
+                                                                    for r in codes):
+                shape = (len(codes), "?") if isinstance(codes, list) else type(codes).__name__
+                raise VoiceError(f"{where}: reference codes must be [frames, 16], got {shape}")
+            if not all(type(c) is int and 0 <= c < MAX_CODE for r in codes for c in r):
+                raise VoiceError(f"{where}: reference codes must be integers in 0..{MAX_CODE - 1}")
+            codes = np.asarray(codes, dtype=np.int64)
         text = doc.get("ref_text")
         if text is not None and not isinstance(text, str):
             raise VoiceError(f"{where}: ref_text must be a string")
         lang = doc.get("language") or "auto"
         if not isinstance(lang, str):
             raise VoiceError(f"{where}: language must be a string")
-        return cls(xv, codes if text else None, text or None, lang, str(doc.get("source_sha256", "")))
+        sha = doc.get("source_sha256") or ""
+        if not isinstance(sha, str) or len(sha) > 128:
+            raise VoiceError(f"{where}: source_sha256 must be a string")
+        return cls(xv, codes if text else None, text or None, lang, sha)
 
     @classmethod
     def load(cls, path: str | Path, hidden: int | None = None) -> "Voice":
+        """Read a voice file: a regular file of at most MAX_FILE_BYTES (a FIFO or a device is refused without
+        blocking), valid UTF-8 JSON, then `from_json`. Every failure is a VoiceError."""
         path = Path(path)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise VoiceError(f"voice file not found: {path}") from None
-        except (OSError, UnicodeDecodeError, ValueError) as e:
+        except OSError as e:
+            raise VoiceError(f"unreadable voice file {path}: {e.strerror or e}") from None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise VoiceError(f"unreadable voice file {path}: not a regular file")
+                if st.st_size > MAX_FILE_BYTES:
+                    raise VoiceError(f"unreadable voice file {path}: {st.st_size} bytes (at most {MAX_FILE_BYTES})")
+                raw = f.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                raise VoiceError(f"unreadable voice file {path}: more than {MAX_FILE_BYTES} bytes")
+            doc = json.loads(raw.decode("utf-8"))
+        except VoiceError:
+            raise
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
             raise VoiceError(f"unreadable voice file {path}: {e}") from None
         v = cls.from_json(doc, str(path), hidden)
         v.name = path.stem

@@ -93,6 +93,7 @@ class Limits:
     client_queue_size: int = 4        # waiting requests one client connection may hold (fairness)
     client_send_queue: int = 4096     # messages queued towards one client; a client that stops reading is dropped
     max_ref_frames: int = 400         # reference codes of an in-context voice (32 s; encode-voice takes <= 30 s)
+    vocoder_max_frames: int = 64      # frames in one vocoder message (decoded 16 at a time); more: bad_request
     drain_timeout_s: float = 20.0     # on SIGTERM, requests still running after this end with shutting_down
     # long text: sentence segments, per-segment frame caps, runaway detection (0 disables where noted)
     segment_max_chars: int = 300

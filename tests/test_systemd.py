@@ -131,6 +131,8 @@ def test_unit_contents(units, prefix):
         "Service.ExecStart": f"{prefix / ENTRY} %i",
         "Service.KillSignal": "SIGTERM",
         "Service.TimeoutStopSec": "30",
+        "Service.MemoryMax": "2G",
+        "Service.TasksMax": "64",
         "Service.NoNewPrivileges": "yes",
         "Service.ProtectSystem": "strict",
         "Service.ProtectHome": "yes",

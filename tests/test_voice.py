@@ -62,6 +62,88 @@ def test_voice_file_round_trip_and_errors(tmp_path):
         Voice.load(tmp_path / "bad.json")
 
 
+def test_voice_files_are_written_atomically_0640(tmp_path, monkeypatch):
+    """Issue 11: a temporary file in the same directory, then os.replace; mode 0640; a reader of the old
+    file keeps reading it whole; a failed write leaves the old file and no temporary behind; a symlink in
+    the file's place is replaced, its target untouched."""
+    from daemons.engine.voice import Voice
+
+    rng = np.random.default_rng(2)
+    old = Voice(rng.standard_normal(64).astype(np.float32), rng.integers(0, 2048, (7, 16)), "Old.", "english")
+    new = Voice(rng.standard_normal(64).astype(np.float32), rng.integers(0, 2048, (9, 16)), "New.", "english")
+    p = old.save(tmp_path / "v.json")
+    assert oct(os.stat(p).st_mode & 0o777) == "0o640" and os.listdir(tmp_path) == ["v.json"]
+    before = p.read_bytes()
+    with open(p, "rb") as reader:
+        new.save(p)
+        assert reader.read() == before                       # the old inode, complete
+    assert Voice.load(p).ref_text == "New." and os.listdir(tmp_path) == ["v.json"]
+    assert oct(os.stat(p).st_mode & 0o777) == "0o640"
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space"):
+        old.save(p)
+    monkeypatch.undo()
+    assert Voice.load(p).ref_text == "New." and os.listdir(tmp_path) == ["v.json"]
+
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("not a voice")
+    (tmp_path / "link.json").symlink_to(target)
+    old.save(tmp_path / "link.json")
+    assert target.read_text() == "not a voice" and not (tmp_path / "link.json").is_symlink()
+
+
+def test_hostile_voice_values_are_voice_errors(tmp_path):
+    """Issue 11: whatever a voice file or an inline voice holds, from_json/load raise VoiceError (never
+    OverflowError, TypeError, RecursionError, ...), and a FIFO or an oversized file is refused unread."""
+    from daemons.engine.voice import MAX_FILE_BYTES, Voice, VoiceError
+
+    rng = np.random.default_rng(3)
+    good = Voice(rng.standard_normal(64).astype(np.float32), rng.integers(0, 2048, (4, 16)), "Hi.").to_json()
+    bad = {
+        "codes-inf": {**good, "ref_codes": [[float("inf")] + [1] * 15] * 4},
+        "codes-20-digits": {**good, "ref_codes": [[10 ** 19] * 16] * 4},
+        "codes-400-digits": {**good, "ref_codes": [[10 ** 400] * 16]},
+        "codes-negative": {**good, "ref_codes": [[-1] * 16]},
+        "codes-bool": {**good, "ref_codes": [[True] * 16]},
+        "codes-float": {**good, "ref_codes": [[1.5] * 16]},
+        "codes-ragged": {**good, "ref_codes": [[1] * 16, [1] * 3]},
+        "codes-empty": {**good, "ref_codes": []},
+        "codes-string": {**good, "ref_codes": "1,2,3"},
+        "codes-deep": {**good, "ref_codes": [[[1] * 16]] * 4},
+        "xvector-nan": {**good, "xvector": [float("nan")] * 64},
+        "xvector-1e39": {**good, "xvector": [1e39] * 64},
+        "xvector-400-digits": {**good, "xvector": [10 ** 400] * 64},
+        "xvector-strings": {**good, "xvector": ["1.0"] * 64},
+        "xvector-empty": {**good, "xvector": []},
+        "xvector-missing": {k: v for k, v in good.items() if k != "xvector"},
+        "version-true": {**good, "version": True},
+        "language-int": {**good, "language": 5},
+        "ref_text-list": {**good, "ref_text": ["a"]},
+        "sha-dict": {**good, "source_sha256": {"a": 1}},
+        "not-an-object": [good],
+    }
+    for name, doc in bad.items():
+        with pytest.raises(VoiceError):
+            Voice.from_json(doc, name)
+    for name, text in [("deep", "[" * 100000), ("nan", json.dumps(good).replace("[", "[NaN, ", 1)),
+                       ("1e400", json.dumps(good).replace("[", "[1e400, ", 1)), ("utf8", b"\xff\xfe")]:
+        f = tmp_path / f"{name}.json"
+        f.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(VoiceError):
+            Voice.load(f)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(VoiceError, match="at most"):
+        Voice.load(big)
+    os.mkfifo(tmp_path / "fifo.json")  # would block a plain open() for reading forever
+    with pytest.raises(VoiceError, match="not a regular file"):
+        Voice.load(tmp_path / "fifo.json")
+    assert Voice.from_json(good).ref_codes.shape == (4, 16)
+
 def test_reference_audio_checks(tiny_model, tmp_path):
     from daemons.engine.errors import InvalidRequest
     from daemons.engine.voice import encode_voice

@@ -418,7 +418,31 @@ def _value(rng):
     return HOSTILE_VALUES[int(rng.integers(len(HOSTILE_VALUES)))]
 
 
-def _array(rng, hidden):
+PLAUSIBLE = {  # header values that pass the first checks, so the fuzz reaches the deeper ones
+    "frame": lambda rng: int(rng.integers(0, 50)), "c0": lambda rng: int(rng.integers(0, 33)),
+    "seed": lambda rng: int(rng.integers(0, 1 << 62)), "seq": lambda rng: int(rng.integers(0, 3)),
+    "samples": lambda rng: int(rng.integers(0, 4000)), "text": lambda rng: "Hello there.",
+    "language": lambda rng: "english", "max_frames": lambda rng: int(rng.integers(0, 5)),
+}
+SHAPES = {"hidden": ("f", [None]), "xvector": ("f", [None]), "codes": ("i", [1, 2, 4, 16, 17, 63, 64, 65]),
+          "context": ("i", [1, 4, 20, 400, 401])}
+
+
+def _array(rng, name, hidden):
+    """Half the time an array of the right kind and a plausible shape with a few hostile values in it (the
+    handlers' checks), else any dtype and shape (the protocol's)."""
+    if rng.random() < 0.5:
+        kind, ns = SHAPES[name]
+        n = ns[int(rng.integers(len(ns)))]
+        if kind == "f":
+            a = rng.standard_normal(hidden).astype(np.float32)
+            if rng.random() < 0.4:
+                a[int(rng.integers(hidden))] = [np.nan, np.inf, -np.inf, 3e38, -3e38][int(rng.integers(5))]
+            return a, "<f4"
+        a = rng.integers(0, 32, (n, 16)).astype(np.int64)
+        if rng.random() < 0.3:
+            a[int(rng.integers(n)), int(rng.integers(16))] = [-1, 32, 1 << 62, -(1 << 63)][int(rng.integers(4))]
+        return a, "<i8"
     dt = DTYPES[int(rng.integers(3))]
     dims = [1, 2, 4, 15, 16, 17, 64, 65, hidden]
     nd = int(rng.integers(0, 4))
@@ -437,34 +461,31 @@ def _array(rng, hidden):
 
 
 def _fuzz_message(rng, role, hidden, i) -> list:
-    r = rng.random()
-    if r < 0.08:  # raw bytes
+    if rng.random() < 0.05:  # raw bytes
         return [rng.integers(0, 256, int(rng.integers(0, 64)), dtype=np.uint8).tobytes()]
     t = TYPES[role][int(rng.integers(len(TYPES[role])))]
     h = {"v": 1, "type": t}
     if rng.random() < 0.9:
         h["id"] = f"f{i % 7}" if rng.random() < 0.9 else _value(rng)
     for k in KEYS[role]:
-        if rng.random() < 0.6:
-            h[k] = _value(rng)
-    if role == "vocoder" and rng.random() < 0.6:
-        h["seq"] = int(rng.integers(0, 3))
+        if rng.random() < 0.7:
+            h[k] = PLAUSIBLE[k](rng) if k in PLAUSIBLE and rng.random() < 0.6 else _value(rng)
     if "params" in h and rng.random() < 0.8:
         h["params"] = {PARAM_KEYS[int(rng.integers(len(PARAM_KEYS)))]: _value(rng) for _ in range(3)}
     if role == "talker" and rng.random() < 0.5:
         h["max_frames"] = int(rng.integers(0, 5))  # a request that happens to be valid stays short
-    arrays, specs, bufs = {}, [], []
+    specs, bufs = [], []
     for name in ARRAYS[role]:
         if rng.random() < 0.7:
-            a, dt = _array(rng, hidden)
+            a, dt = _array(rng, name, hidden)
             specs.append({"name": name, "dtype": dt, "shape": list(a.shape)})
             bufs.append(a.tobytes())
     r = rng.random()
-    if specs and r < 0.1:  # a spec that lies about its buffer
+    if specs and r < 0.05:  # a spec that lies about its buffer
         bufs[0] = bufs[0][:-1] if bufs[0] else b"\x00"
-    elif specs and r < 0.15:
+    elif specs and r < 0.08:
         specs[0]["shape"] = [_value(rng), 16]
-    elif r < 0.2:
+    elif r < 0.11:
         specs.append({"name": _value(rng), "dtype": _value(rng), "shape": _value(rng)})
         bufs.append(b"\x00" * 8)
     if specs:
@@ -473,7 +494,7 @@ def _fuzz_message(rng, role, hidden, i) -> list:
         head = json.dumps(h).encode()
     except (TypeError, ValueError):
         head = b"{}"
-    if rng.random() < 0.05:  # a mutated header
+    if rng.random() < 0.04:  # a mutated header
         b = bytearray(head)
         for _ in range(3):
             b[int(rng.integers(len(b)))] = int(rng.integers(0, 256))

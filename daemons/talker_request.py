@@ -189,10 +189,15 @@ class Request:
         return True
 
     def _send_frames(self) -> None:
-        msg = protocol.encode("frames", self._first_arrays({"codes": np.stack(self.pending)}), id=self.wire_id,
-                              seq=self.seq_sent)
-        if self._sent(self.links.vocoder(msg)):
-            self.pending = []
+        """Hand the pending frames over, at most `vocoder_max_frames` a message (frames that piled up while
+        the vocoder was away go out as several messages)."""
+        n = self.engines.limits.vocoder_max_frames
+        while self.pending:
+            msg = protocol.encode("frames", self._first_arrays({"codes": np.stack(self.pending[:n])}),
+                                  id=self.wire_id, seq=self.seq_sent)
+            if not self._sent(self.links.vocoder(msg)):
+                return
+            self.pending = self.pending[n:]
 
     def _send_pause(self) -> bool:
         return self._sent(self.links.vocoder(protocol.encode("pause", self._first_arrays({}), id=self.wire_id,

@@ -499,6 +499,7 @@ def test_notify_lifecycle_and_graceful_stop(cluster, synth):
                 break
         b.send_multipart(protocol.encode("synthesize", id="b", text="Queued.", language="english"))
         assert b.poll(20000) and protocol.decode(b.recv_multipart()).type == "accepted"
+        cluster.read_notify("talker", 0.0)  # drain: an unread datagram queue (10 deep) would drop STOPPING=1
         os.kill(cluster.procs["talker"].pid, signal.SIGTERM)
         m = answer_error(b, "b")
         assert m.header["code"] == "shutting_down"

@@ -50,7 +50,7 @@ def test_launch_demo_writes_wav(tmp_path):
     # single shot: the daemons it started are stopped again
     st = subprocess.run([str(co / ".venv/bin/python"), "-m", "daemons.launcher", "status"], cwd=co, env=env,
                         capture_output=True, text=True, timeout=60)
-    assert st.returncode == 1 and st.stdout.count("stopped") == 3, st.stdout
+    assert st.returncode == 1 and st.stdout.count("stopped") == 4, st.stdout
 
     r = subprocess.run(["bash", "launch.sh", "--demo", "--daemon"], cwd=co, env=env, capture_output=True,
                        text=True, timeout=300)
@@ -58,7 +58,7 @@ def test_launch_demo_writes_wav(tmp_path):
     try:
         st = subprocess.run([str(co / ".venv/bin/python"), "-m", "daemons.launcher", "status"], cwd=co, env=env,
                             capture_output=True, text=True, timeout=60)
-        assert st.returncode == 0 and st.stdout.count("running") == 3, st.stdout
+        assert st.returncode == 0 and st.stdout.count("running") == 4, st.stdout
         r = subprocess.run(["bash", "launch.sh", "--demo", "again", "-o", "b.wav", "--max-frames", "5"], cwd=co,
                            env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
@@ -67,7 +67,7 @@ def test_launch_demo_writes_wav(tmp_path):
         subprocess.run(["bash", "launch.sh", "--stop"], cwd=co, env=env, timeout=120)
     st = subprocess.run([str(co / ".venv/bin/python"), "-m", "daemons.launcher", "status"], cwd=co, env=env,
                         capture_output=True, text=True, timeout=60)
-    assert st.stdout.count("stopped") == 3, st.stdout
+    assert st.stdout.count("stopped") == 4, st.stdout
 
 
 # ---------------------------------------------------------------------------------------------- file safety
@@ -107,7 +107,7 @@ def test_stop_never_signals_a_process_that_is_not_our_daemon(tmp_path, procs):
     procs.append(predictor)
     (run / "vocoder.pid").write_text(f"{predictor.pid}\n")
     st = launcher(run, "status")
-    assert st.returncode == 1 and st.stdout.count("stopped") == 3, st.stdout + st.stderr
+    assert st.returncode == 1 and st.stdout.count("stopped") == 4, st.stdout + st.stderr
     assert not (run / "talker.pid").exists() and not (run / "vocoder.pid").exists()   # stale: removed
     (run / "talker.pid").write_text(f"{sleeper.pid}\n")
     (run / "vocoder.pid").write_text(f"{predictor.pid}\n")

@@ -276,3 +276,17 @@ def test_downstream_ids_are_minted(synth):
     run(req, links, synth.vocoder)
     assert {m.id for m in links.to_vocoder} == {req.wire_id} and req.wire_id != req.id
     assert len(req.wire_id) == 24 and Request("x", b"", [], None, False, 0).wire_id != req.wire_id
+
+
+def test_frames_that_piled_up_go_out_in_capped_messages(synth):
+    """Frames that waited for a vocoder that was away are sent at most vocoder_max_frames a message."""
+    req, links = make(synth, "Hello there, how are you today?", cap=40, limits=Limits(vocoder_max_frames=4))
+    links.vocoder_up = False
+    for _ in range(11):
+        req.step()
+    assert len(req.pending) == 11
+    links.vocoder_up = True
+    req.step()
+    sizes = [len(m.arrays["codes"]) for m in links.to_vocoder if m.type == "frames"]
+    assert sizes == [4, 4, 4] and [m.header["seq"] for m in links.to_vocoder if m.type == "frames"] == [0, 1, 2]
+    assert len(req.pending) == 0

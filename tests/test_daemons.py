@@ -255,6 +255,8 @@ def test_garbage_to_every_socket(cluster, role):
     for frames in GARBAGE:
         r = raw(ep, frames)
         assert r is not None and r.type == "error", (role, frames[0][:40], r)
+        # a typed refusal naming what is wrong, not an internal error
+        assert r.header["code"] == "bad_request" and r.header["message"], (role, frames[0][:40], r.header)
     pong = raw(ep, protocol.encode("ping"))
     assert pong is not None and pong.type == "pong" and pong.header["role"] == role
     assert cluster.procs[role].poll() is None

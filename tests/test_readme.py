@@ -9,9 +9,10 @@ XDG_RUNTIME_DIR:
                                                                      the test reads the bytes instead)
     bash launch.sh --stop
 
-Each scenario runs in a private mount namespace (unshare), so it shares nothing with other users of the
-machine and leaves nothing in the checkout:
-- /tmp is a fresh directory (the daemons' /tmp/qwen3-tts-UID cannot meet anyone else's);
+Each scenario runs in a private mount and network namespace (unshare), so it shares nothing with other
+users of the machine and leaves nothing in the checkout:
+- /tmp is a fresh directory (the daemons' /tmp/qwen3-tts-UID cannot meet anyone else's), and the gateway
+  that `launch.sh --daemon` also starts gets its own loopback (its default port 8880 cannot collide);
 - the repository is an overlay whose lower layer is this checkout, so the README's `-o out.wav` writes into
   the repository root (also for nobody, who owns only the overlay's upper layer) and nothing reaches the
   real tree; the demo model launch.sh builds on first use (models/demo-tiny) lands in the upper layer and
@@ -80,7 +81,7 @@ def _venv_ready() -> bool:
 def _can_namespace() -> str | None:
     if os.geteuid() != 0:
         return "needs root (a private mount namespace, an overlay, an unprivileged user)"
-    for tool in ("unshare", "setpriv", "mount"):
+    for tool in ("unshare", "setpriv", "mount", "ip"):
         if shutil.which(tool) is None:
             return f"{tool} not found"
     return None
@@ -197,13 +198,14 @@ def scenario(layers, tmp_path):
         driver = textwrap.dedent("""\
             set -e
             readlink /proc/self/ns/mnt > {ns}
+            ip link set lo up
             {mounts}
             cd {root}
             exec {priv} env -i {env} bash /tmp/runner.sh
             """).format(ns=tmp_path / "ns", mounts="\n".join(mounts), root=shlex.quote(str(ROOT)),
                         priv=" ".join(priv), env=" ".join(shlex.quote(f"{k}={v}") for k, v in env.items()))
         seen.append(tmp_path / "ns")
-        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "bash", "-c", driver],
+        r = subprocess.run(["unshare", "--mount", "--net", "--propagation", "private", "bash", "-c", driver],
                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
         assert r.returncode == 0, f"namespace driver failed: {r.stderr}"
         out = {}
@@ -240,7 +242,8 @@ def test_using_it_as_written(scenario, user, xdg):
     # start, then look at the daemons before anything else runs: a separate namespace run would lose
     # them, so the whole flow runs in one go and the pid files are read from the recorded copies below
     flow = {"start": cmds["start"],
-            "pids": f"cat {rdir}/talker.pid {rdir}/predictor.pid {rdir}/vocoder.pid",   # not a README line
+            "pids": f"cat {rdir}/talker.pid {rdir}/predictor.pid {rdir}/vocoder.pid {rdir}/gateway.pid",
+                                                                                   # not a README line
             "say_streaming": cmds["say_streaming"], "say": cmds["say"], "raw": cmds["raw"],
             "stop": cmds["stop"],
             "after": f"ls -A {rdir}"}                                                     # not a README line
@@ -250,7 +253,7 @@ def test_using_it_as_written(scenario, user, xdg):
     assert start["rc"] == 0, start["stderr"][-3000:]
     assert f"daemons running (sockets in {rdir})" in start["stdout"].decode(), start["stdout"]
     pids = [int(x) for x in out["pids"]["stdout"].split()]
-    assert out["pids"]["rc"] == 0 and len(pids) == 3, out["pids"]
+    assert out["pids"]["rc"] == 0 and len(pids) == 4, out["pids"]                # + the HTTP gateway
 
     for name in ("say_streaming", "say"):
         r = out[name]

@@ -57,3 +57,41 @@ def snr_db(ref, x) -> float:
     ref = np.asarray(ref, dtype=np.float64)
     err = ref - np.asarray(x, dtype=np.float64)
     return float(10 * np.log10(np.sum(ref ** 2) / max(np.sum(err ** 2), 1e-300)))
+
+
+def start_cluster(model: Path, tmp: Path, *, top: str = "", limits: str = "", sections: str = "",
+                  roles: tuple[str, ...] | None = None, watchdog_usec: int | None = None,
+                  ready_timeout_s: float = 120):
+    """Start real daemons (default: talker, predictor, vocoder) on `model` with a private config in `tmp`:
+    `top` goes before `[limits]` (keys like voices_dir), `limits` into it, `sections` after it (whole
+    sections such as "[sampling]\\n..." or "[gateway]\\n..."). The environment is ours minus every
+    QWEN3_TTS_* variable, so nothing from the caller's shell leaks in. Returns the Launcher with `run`,
+    `endpoint` (the talker's), `roles` and `cfg` set; stop it with stop_cluster(). If a daemon does not
+    come up, the ones started are stopped before the error propagates."""
+    from daemons.launcher import ROLES, Launcher
+
+    roles = tuple(ROLES if roles is None else roles)
+    run = tmp / "run"
+    cfg = tmp / "qwen3-tts.toml"
+    cfg.write_text(f'model_dir = "{model}"\nruntime_dir = "{run}"\n{top}[limits]\n{limits}{sections}')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
+    env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    kw = {} if watchdog_usec is None else {"watchdog_usec": watchdog_usec}
+    la = Launcher(run, env=env, **kw)
+    la.run, la.cfg, la.roles = run, cfg, roles
+    la.endpoint = f"ipc://{run}/talker.sock"
+    try:
+        for r in roles:
+            la.start(r)
+        for r in roles:
+            la.wait_ready(r, ready_timeout_s)
+    except BaseException:
+        stop_cluster(la)
+        raise
+    return la
+
+
+def stop_cluster(la) -> None:
+    for r in reversed(la.roles):
+        la.stop(r)
+    la.close()

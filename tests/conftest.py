@@ -95,3 +95,12 @@ def stop_cluster(la) -> None:
     for r in reversed(la.roles):
         la.stop(r)
     la.close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the kernel's pick; the gateway binds it moments later)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

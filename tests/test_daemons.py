@@ -13,37 +13,21 @@ import numpy as np
 import pytest
 import zmq
 
-from conftest import ROOT, snr_db
+from conftest import ROOT, snr_db, start_cluster, stop_cluster
 from client.api import ClientError, TTSClient
 from daemons import protocol
-from daemons.launcher import ROLES, Launcher
+from daemons.launcher import ROLES
 
 TEXT = "Hello, this is a test of the text to speech system."
 
 
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("daemons")
-    run = tmp / "run"
-    cfg = tmp / "qwen3-tts.toml"
-    cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{run}"\n'
-                   "[limits]\npredictor_timeout_s = 5.0\nvocoder_timeout_s = 5.0\nqueue_size = 4\n"
-                   "client_queue_size = 2\nclient_send_queue = 400\nmax_text_chars = 5000\n")
-    env = {**os.environ, "QWEN3_TTS_CONFIG": str(cfg), "PYTHONPATH": str(ROOT)}
-    for k in list(env):
-        if k.startswith("QWEN3_TTS_") and k != "QWEN3_TTS_CONFIG":
-            del env[k]
-    la = Launcher(run, env=env, watchdog_usec=4_000_000)
-    for r in ROLES:
-        la.start(r)
-    for r in ROLES:
-        la.wait_ready(r, 120)
-    la.endpoint = f"ipc://{run}/talker.sock"
-    la.run = run
+    la = start_cluster(tiny_model, tmp_path_factory.mktemp("daemons"), watchdog_usec=4_000_000,
+                       limits="predictor_timeout_s = 5.0\nvocoder_timeout_s = 5.0\nqueue_size = 4\n"
+                              "client_queue_size = 2\nclient_send_queue = 400\nmax_text_chars = 5000\n")
     yield la
-    for r in ROLES:
-        la.stop(r)
-    la.close()
+    stop_cluster(la)
 
 
 def client(la, **kw) -> TTSClient:

@@ -8,18 +8,17 @@ import base64
 import io
 import json
 import os
-import socket
 import time
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import free_port, start_cluster, stop_cluster
 from client.api import TTSClient
 from daemons.engine.pcm import to_int16
 from daemons.engine.voice import Voice
-from daemons.launcher import ROLES, Launcher
+from daemons.launcher import ROLES
 
 av = pytest.importorskip("av")
 openai = pytest.importorskip("openai")
@@ -35,51 +34,23 @@ LONG = 300
 LONG_TEXT = "This sentence is long enough for its frame cap to exceed the frames asked for, by a margin. " * 20
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture(scope="module")
 def gw(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gateway")
-    run = tmp / "run"
     voices = tmp / "voices"
     voices.mkdir()
     hidden = json.loads((tiny_model / "manifest.json").read_text())["talker"]["hidden_size"]
     Voice(np.random.default_rng(7).standard_normal(hidden).astype(np.float32), language="english",
           name="anna").save(voices / "anna.json")
     port = free_port()
-    cfg = tmp / "qwen3-tts.toml"
-    cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{run}"\nvoices_dir = "{voices}"\n'
-                   "[limits]\npredictor_timeout_s = 3.0\nvocoder_timeout_s = 5.0\nqueue_size = 1\n"
-                   "loop_frames = 0\nsilence_frames = 0\n[sampling]\nmin_new_tokens = 2048\n"
-                   f"[gateway]\nport = {port}\n")
-    env = {**os.environ, "QWEN3_TTS_CONFIG": str(cfg), "PYTHONPATH": str(ROOT)}
-    for k in list(env):
-        if k.startswith("QWEN3_TTS_") and k != "QWEN3_TTS_CONFIG":
-            del env[k]
-    la = Launcher(run, env=env, watchdog_usec=4_000_000)
-    roles = (*ROLES, "gateway")
-    try:
-        for r in roles:
-            la.start(r)
-        for r in roles:
-            la.wait_ready(r, 120)
-    except RuntimeError:
-        for r in roles:
-            la.stop(r)
-        raise
-    la.endpoint = f"ipc://{run}/talker.sock"
+    la = start_cluster(tiny_model, tmp, top=f'voices_dir = "{voices}"\n', roles=(*ROLES, "gateway"),
+                       watchdog_usec=4_000_000,
+                       limits="predictor_timeout_s = 3.0\nvocoder_timeout_s = 5.0\nqueue_size = 1\n"
+                              "loop_frames = 0\nsilence_frames = 0\n",
+                       sections=f"[sampling]\nmin_new_tokens = 2048\n[gateway]\nport = {port}\n")
     la.base = f"http://127.0.0.1:{port}"
-    la.run = run
     yield la
-    for r in reversed(roles):
-        la.stop(r)
-    la.close()
+    stop_cluster(la)
 
 
 def sdk(gw) -> "openai.OpenAI":

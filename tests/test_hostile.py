@@ -17,10 +17,10 @@ import psutil
 import pytest
 import zmq
 
-from conftest import ROOT
+from conftest import start_cluster, stop_cluster
 from client.api import TTSClient
 from daemons import protocol
-from daemons.launcher import ROLES, Launcher
+from daemons.launcher import ROLES
 
 RSS_SLACK = 50 * 2 ** 20
 FUZZ_MESSAGES = 200
@@ -78,30 +78,18 @@ def cluster(tiny_model, tmp_path_factory):
 
     md = ModelDir(tiny_model)
     tmp = tmp_path_factory.mktemp("hostile")
-    run, voices = tmp / "run", tmp / "voices"
+    voices = tmp / "voices"
     _write_voices(voices, md.talker["hidden_size"])
-    cfg = tmp / "qwen3-tts.toml"
-    cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{run}"\nvoices_dir = "{voices}"\n'
-                   "[limits]\npredictor_timeout_s = 5.0\nvocoder_timeout_s = 5.0\nqueue_size = 4\n"
-                   "client_queue_size = 2\nmax_text_chars = 5000\n")
-    env = {**os.environ, "QWEN3_TTS_CONFIG": str(cfg), "PYTHONPATH": str(ROOT)}
-    for k in list(env):
-        if k.startswith("QWEN3_TTS_") and k != "QWEN3_TTS_CONFIG":
-            del env[k]
-    la = Launcher(run, env=env)
-    for r in ROLES:
-        la.start(r)
-    for r in ROLES:
-        la.wait_ready(r, 120)
-    la.run, la.voices, la.model = run, voices, tiny_model
+    la = start_cluster(tiny_model, tmp, top=f'voices_dir = "{voices}"\n',
+                       limits="predictor_timeout_s = 5.0\nvocoder_timeout_s = 5.0\nqueue_size = 4\n"
+                              "client_queue_size = 2\nmax_text_chars = 5000\n")
+    la.voices, la.model = voices, tiny_model
     la.hidden, la.codebook = md.talker["hidden_size"], md.predictor["codebook_size"]
-    la.endpoint = {r: f"ipc://{run}/{r}.sock" for r in ROLES}
+    la.endpoint = {r: f"ipc://{la.run}/{r}.sock" for r in ROLES}
     _normal_request(la)  # warm: the baseline RSS is that of a daemon that has served a request
     la.rss0 = {r: _rss(la, r) for r in ROLES}
     yield la
-    for r in ROLES:
-        la.stop(r)
-    la.close()
+    stop_cluster(la)
 
 
 @pytest.fixture(autouse=True)

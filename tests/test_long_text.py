@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, snr_db
+from conftest import ROOT, snr_db, start_cluster, stop_cluster
 from daemons.engine.generate import RunawayRules, frame_cap
 from daemons.engine.segment import split_text
 
@@ -132,36 +132,11 @@ def test_segment_boundaries_have_no_seam(synth):
     assert snr_db(wav, stitched) >= 60
 
 
-def start_cluster(model, tmp, limits: str, top: str = ""):
-    from daemons.launcher import ROLES, Launcher
-
-    run = tmp / "run"
-    cfg = tmp / "qwen3-tts.toml"
-    cfg.write_text(f'model_dir = "{model}"\nruntime_dir = "{run}"\n{top}[limits]\n{limits}')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
-    env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
-    la = Launcher(run, env=env)
-    for r in ROLES:
-        la.start(r)
-    for r in ROLES:
-        la.wait_ready(r, 120)
-    la.endpoint = f"ipc://{run}/talker.sock"
-    return la
-
-
-def stop_cluster(la):
-    from daemons.launcher import ROLES
-
-    for r in ROLES:
-        la.stop(r)
-    la.close()
-
-
 @pytest.fixture(scope="module")
 def long_cluster(tiny_model, tmp_path_factory):
     # small caps keep a 5,000-character request quick on the tiny model (whose random weights rarely end on EOS)
     la = start_cluster(tiny_model, tmp_path_factory.mktemp("long"),
-                       "cap_base_frames = 4\ncap_frames_per_token = 0.5\npause_ms = 40\n")
+                       limits="cap_base_frames = 4\ncap_frames_per_token = 0.5\npause_ms = 40\n")
     yield la
     stop_cluster(la)
 
@@ -170,7 +145,7 @@ def test_silence_rule_stops_after_the_text(tiny_model, tmp_path, synth):
     """With every frame counted as near-silent, a segment stops a few frames after its text is used up."""
     from client.api import TTSClient
 
-    la = start_cluster(tiny_model, tmp_path, "silence_rms = 10.0\nsilence_frames = 5\nloop_frames = 0\n")
+    la = start_cluster(tiny_model, tmp_path, limits="silence_rms = 10.0\nsilence_frames = 5\nloop_frames = 0\n")
     try:
         text = "A fairly long sentence to speak here. And a second one."
         with TTSClient(la.endpoint, idle_timeout_s=60) as c:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, snr_db
+from conftest import ROOT, snr_db, start_cluster, stop_cluster
 
 N_FRAMES = 40
 TEXT_LONG = "Hello, this is a test of the text to speech system, spoken in a cloned voice."
@@ -303,8 +303,6 @@ def test_prefix_cache_survives_a_restart(tiny_model, tmp_path):
 # --- daemons and client --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def voice_cluster(tiny_model, tmp_path_factory):
-    from test_long_text import start_cluster, stop_cluster
-
     from daemons.engine.voice import Voice
 
     tmp = tmp_path_factory.mktemp("vc")
@@ -316,7 +314,7 @@ def voice_cluster(tiny_model, tmp_path_factory):
     Voice(rng.standard_normal(md.talker["hidden_size"]).astype(np.float32),
           rng.integers(0, md.predictor["codebook_size"], (30, 16)), "Hi, I am already here.",
           "english").save(tmp / "voices" / "primed.json")
-    la = start_cluster(tiny_model, tmp, "", top=f'voices_dir = "{tmp / "voices"}"\n')
+    la = start_cluster(tiny_model, tmp, top=f'voices_dir = "{tmp / "voices"}"\n')
     cfg = tmp / "qwen3-tts.toml"
     la.voices = tmp / "voices"
     la.config = cfg

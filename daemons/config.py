@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from .engine.sampling import MAX_TOP_K, MIN_REPETITION_PENALTY, MIN_TEMPERATURE
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -159,17 +161,18 @@ def _gateway_value(key: str, value: Any, where: str, from_env: bool) -> Any:
     return dict(value)
 
 
-# Sampling overrides accepted in [sampling] (names of daemons.engine.sampling.SamplingParams fields):
+# Sampling overrides accepted in [sampling] (names of daemons.engine.sampling.SamplingParams fields), with
+# SamplingParams.validate's bounds, so a config the daemons would refuse per request fails at start instead:
 # name -> (kind, check, description of the allowed range)
 _SAMPLING_KEYS: dict[str, tuple[str, Any, str]] = {
     "do_sample": ("bool", None, ""),
-    "temperature": ("float", lambda v: v > 0, "> 0"),
-    "top_k": ("int", lambda v: v >= 0, ">= 0 (0 disables)"),
+    "temperature": ("float", lambda v: v >= MIN_TEMPERATURE, f">= {MIN_TEMPERATURE:g} (do_sample false for greedy)"),
+    "top_k": ("int", lambda v: 0 <= v <= MAX_TOP_K, f"in 0..{MAX_TOP_K} (0 disables)"),
     "top_p": ("float", lambda v: 0 < v <= 1, "in (0, 1]"),
-    "repetition_penalty": ("float", lambda v: v > 0, "> 0"),
+    "repetition_penalty": ("float", lambda v: v >= MIN_REPETITION_PENALTY, f">= {MIN_REPETITION_PENALTY:g}"),
     "sub_do_sample": ("bool", None, ""),
-    "sub_temperature": ("float", lambda v: v > 0, "> 0"),
-    "sub_top_k": ("int", lambda v: v >= 0, ">= 0 (0 disables)"),
+    "sub_temperature": ("float", lambda v: v >= MIN_TEMPERATURE, f">= {MIN_TEMPERATURE:g} (sub_do_sample false for greedy)"),
+    "sub_top_k": ("int", lambda v: 0 <= v <= MAX_TOP_K, f"in 0..{MAX_TOP_K} (0 disables)"),
     "sub_top_p": ("float", lambda v: 0 < v <= 1, "in (0, 1]"),
     "min_new_tokens": ("int", lambda v: v >= 0, ">= 0"),
     "seed": ("int", lambda v: 0 <= v < 2 ** 63, "in [0, 2**63)"),
@@ -572,6 +575,10 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         setattr(cfg.limits, key, _limit_value(key, value, f"{src}: limits.{key}", False))
     _env_section(env, "QWEN3_TTS_LIMITS_", names,
                  lambda k, v, w: setattr(cfg.limits, k, _limit_value(k, v, w, True)))
+    for key in ("chunk_frames", "first_chunk_frames"):  # the vocoder refuses messages of more frames
+        if getattr(cfg.limits, key) > cfg.limits.vocoder_max_frames:
+            raise ConfigError(f"{src}: limits.{key} = {getattr(cfg.limits, key)} exceeds limits.vocoder_max_frames "
+                              f"= {cfg.limits.vocoder_max_frames} (frames the vocoder takes in one message)")
 
     # --- gateway
     names = [f.name for f in fields(GatewayConfig)]

@@ -140,11 +140,46 @@ class GatewayConfig:
     api_keys: list[str] = field(default_factory=list)   # empty: no authentication
     max_input_chars: int = 20000
     voice_aliases: dict[str, str] = field(default_factory=lambda: {v: "" for v in OPENAI_VOICES})
+    # the Wyoming front (daemons/gateway/wyoming.py, Home Assistant) in the same process: tcp://HOST:PORT,
+    # unix:///path, or "" (env: "" or "off") for none; wyoming_zeroconf announces a tcp:// one over mDNS
+    # (needs the zeroconf package)
+    wyoming_uri: str = "tcp://127.0.0.1:10200"
+    wyoming_zeroconf: bool = False
+
+
+def _wyoming_uri(value: Any, where: str) -> str:
+    """tcp://HOST:PORT, unix:///absolute/path, or "" (off; "off"/"none" too, for the environment)."""
+    from urllib.parse import urlparse
+
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string (tcp://HOST:PORT, unix:///path or \"\" for off), "
+                          f"got {type(value).__name__} {value!r}")
+    v = value.strip()
+    if v.lower() in ("", "off", "none"):
+        return ""
+    u = urlparse(v)
+    if u.scheme == "tcp":
+        try:
+            port = u.port
+        except ValueError:
+            port = None
+        if not u.hostname or port is None or not 0 < port < 65536 or u.path not in ("", "/"):
+            raise ConfigError(f"{where}: expected tcp://HOST:PORT with a port in 1..65535, got {value!r}")
+        return v
+    if u.scheme == "unix":
+        if not u.path.startswith("/") or u.netloc:
+            raise ConfigError(f"{where}: expected unix:///absolute/path.sock, got {value!r}")
+        return v
+    raise ConfigError(f"{where}: expected tcp://HOST:PORT, unix:///path or \"\" (off), got {value!r}")
 
 
 def _gateway_value(key: str, value: Any, where: str, from_env: bool) -> Any:
     if key == "host":
         return _as_str(value, where).strip()
+    if key == "wyoming_uri":
+        return _wyoming_uri(value, where)
+    if key == "wyoming_zeroconf":
+        return _as_bool(value, where, from_env)
     if key in ("port", "max_input_chars"):
         v = _as_int(value, where, from_env)
         if not (0 < v < 65536 if key == "port" else v > 0):

@@ -264,6 +264,47 @@ def test_environment_errors_name_the_variable(home, env, pattern):
         load_config(env=env_for(home, **env))
 
 
+@pytest.mark.parametrize("value, expected", [
+    ('"tcp://127.0.0.1:10200"', "tcp://127.0.0.1:10200"),
+    ('"tcp://0.0.0.0:10300"', "tcp://0.0.0.0:10300"),
+    ('"tcp://[::1]:10200"', "tcp://[::1]:10200"),
+    ('"unix:///run/qwen3-tts/wyoming.sock"', "unix:///run/qwen3-tts/wyoming.sock"),
+    ('""', ""),
+    ('"off"', ""),
+])
+def test_gateway_wyoming_uri(home, value, expected):
+    write(Path.cwd() / "qwen3-tts.toml", f"[gateway]\nwyoming_uri = {value}\nwyoming_zeroconf = true\n")
+    g = load_config(env=env_for(home)).gateway
+    assert (g.wyoming_uri, g.wyoming_zeroconf) == (expected, True)
+    default = C.GatewayConfig()
+    assert (default.wyoming_uri, default.wyoming_zeroconf) == ("tcp://127.0.0.1:10200", False)
+    env = env_for(home, QWEN3_TTS_GATEWAY_WYOMING_URI="off", QWEN3_TTS_GATEWAY_WYOMING_ZEROCONF="no")
+    g = load_config(env=env).gateway
+    assert (g.wyoming_uri, g.wyoming_zeroconf) == ("", False)
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ('"tcp://127.0.0.1"', r"gateway\.wyoming_uri: expected tcp://HOST:PORT"),
+    ('"tcp://127.0.0.1:0"', r"gateway\.wyoming_uri: expected tcp://HOST:PORT"),
+    ('"tcp://127.0.0.1:99999"', r"gateway\.wyoming_uri: expected tcp://HOST:PORT"),
+    ('"tcp://:10200"', r"gateway\.wyoming_uri: expected tcp://HOST:PORT"),
+    ('"unix://relative.sock"', r"gateway\.wyoming_uri: expected unix:///absolute"),
+    ('"http://127.0.0.1:10200"', r"gateway\.wyoming_uri: expected tcp://HOST:PORT, unix:///path"),
+    ('"127.0.0.1:10200"', r"gateway\.wyoming_uri: expected tcp://HOST:PORT, unix:///path"),
+    ("10200", r"gateway\.wyoming_uri: expected a string"),
+])
+def test_gateway_wyoming_uri_errors(home, value, pattern):
+    path = write(Path.cwd() / "qwen3-tts.toml", f"[gateway]\nwyoming_uri = {value}\n")
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(env=env_for(home))
+    assert str(path) in str(e.value)
+    path.unlink()
+    with pytest.raises(ConfigError, match=r"QWEN3_TTS_GATEWAY_WYOMING_ZEROCONF: expected a boolean"):
+        load_config(env=env_for(home, QWEN3_TTS_GATEWAY_WYOMING_ZEROCONF="maybe"))
+    with pytest.raises(ConfigError, match=r"QWEN3_TTS_GATEWAY_WYOMING_URI: expected tcp://HOST:PORT"):
+        load_config(env=env_for(home, QWEN3_TTS_GATEWAY_WYOMING_URI="tcp://host"))
+
+
 def test_ipc_path_too_long(home):
     with pytest.raises(ConfigError, match="longer than 107 bytes"):
         load_config(env=env_for(home, QWEN3_TTS_RUNTIME_DIR="/tmp/" + "x" * 120))

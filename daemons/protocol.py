@@ -17,7 +17,7 @@ Client <-> talker (client DEALER -> talker ROUTER):
                                                             -> done {id, frames, stop, seed} [+ codes i64]
                                                             or error {id, code, message}
   cancel {id}                                               -> (the request ends with error{cancelled})
-  ping {}                                                   -> pong {role, ready, queue}
+  ping {}                                                   -> pong {role, ready, queue, active, languages}
 Talker <-> predictor (DEALER -> ROUTER):
   predict {id, frame, c0, seed, params{...}} + hidden f32 [hidden] -> codes {id, frame} + codes i64 [16]
                                                                       + feedback f32 [hidden]

@@ -155,7 +155,8 @@ class TalkerDaemon(Service):
         rid = msg.id
         if msg.type == "ping":
             self.send_client(ident, protocol.encode("pong", role=self.role, ready=True, queue=self.queued(),
-                                                    active=self.active is not None))
+                                                    active=self.active is not None,
+                                                    languages=sorted(self.md.languages)))
             return
         if msg.type == "cancel":
             req = self.requests.get((ident, rid))  # a client can cancel its own requests only

@@ -405,6 +405,12 @@ async def serve(cfg: Config) -> int:
 
     gw = Gateway(cfg)
     n = Notifier()
+    from .wyoming import start_wyoming  # the Wyoming front in this event loop ([gateway] wyoming_uri)
+    try:
+        wy = await start_wyoming(cfg, gw.ctx)
+    except OSError as e:  # e.g. the port is taken: HTTP is served all the same
+        log.error("cannot serve Wyoming at %s (%s): the gateway runs without it", cfg.gateway.wyoming_uri, e)
+        wy = None
     server = uvicorn.Server(uvicorn.Config(gw.app, host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
                                            access_log=False, lifespan="off"))
     task = asyncio.create_task(server.serve())
@@ -420,6 +426,8 @@ async def serve(cfg: Config) -> int:
         await asyncio.wait([task], timeout=1.0)
         if server.should_exit:
             n.stopping()
+    if wy is not None:
+        await wy.stop()
     gw.ctx.destroy(0)
     return 0 if not task.exception() else 1
 

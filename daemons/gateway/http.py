@@ -7,6 +7,8 @@ talker's per-connection fairness applies per request); it loads no model.
     GET  /v1/models            {"object":"list","data":[{"id","object":"model","created","owned_by"}]}
     GET  /v1/audio/models      {"models":[{"id"}]}              (Open WebUI, no auth)
     GET  /v1/audio/voices      {"voices":[{"id","name"}]}       (Open WebUI, no auth)
+    POST /v1/audio/voices      multipart name, audio_sample, transcript?, language? -> a new voice of
+                               voices_dir (daemons/gateway/voices.py); DELETE /v1/audio/voices/{id}
     GET  /health               the talker's pong (503 when it does not answer)
     GET  /metrics              Prometheus text
 
@@ -78,6 +80,18 @@ def talker_error(code: str, message: str) -> ApiError:
 
 class _Gone(Exception):
     """The HTTP client disconnected before the response started."""
+
+
+class _QuietCut(logging.Filter):
+    """uvicorn logs an exception that ends a response with its traceback. An ApiError raised by `stream`
+    after the first byte is the intended way to cut a chunked body short (the client must see an
+    incomplete body), already logged there as one line: drop uvicorn's traceback of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        e = record.exc_info[1] if record.exc_info else None
+        while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+            e = e.exceptions[0]
+        return not isinstance(e, ApiError)
 
 
 class Metrics:
@@ -161,11 +175,16 @@ class Gateway:
             pass
         if self.random_weights:
             log.warning("the model has random weights: the gateway serves noise, not speech")
+        from .voices import VoiceUploads  # (imports ApiError from this module)
+
+        self.uploads = VoiceUploads(self)
         self.app = Starlette(routes=[
             Route("/v1/audio/speech", self.speech, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/audio/models", self.audio_models, methods=["GET"]),
             Route("/v1/audio/voices", self.voices, methods=["GET"]),
+            Route("/v1/audio/voices", self.uploads.upload, methods=["POST"]),
+            Route("/v1/audio/voices/{voice_id}", self.uploads.delete, methods=["DELETE"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
         ])
@@ -405,6 +424,7 @@ async def serve(cfg: Config) -> int:
 
     gw = Gateway(cfg)
     n = Notifier()
+    logging.getLogger("uvicorn.error").addFilter(_QuietCut())
     from .wyoming import start_wyoming  # the Wyoming front in this event loop ([gateway] wyoming_uri)
     try:
         wy = await start_wyoming(cfg, gw.ctx)

@@ -32,8 +32,9 @@ from wyoming.tts import (Synthesize, SynthesizeChunk, SynthesizeStart, Synthesiz
 SEED = 11
 TEXT = "Hello from Wyoming."
 EN = SynthesizeVoice(language="en")
-# EOS blocked and the runaway rules off: every sentence runs to its frame cap (cap_base + per_token x tokens),
-# so lengths are known and a LONG request (twenty long sentences) runs for many seconds.
+# Short frame caps (cap_base + per_token x tokens) keep requests short; the runaway rules off. A LONG request
+# (twenty long sentences, each running at least about as many frames as it has tokens) runs for seconds.
+# (The talker takes only the client parameters of [sampling], not min_new_tokens: EOS can come early.)
 LIMITS = ("queue_size = 4\nloop_frames = 0\nsilence_frames = 0\ncap_base_frames = 10\n"
           "cap_frames_per_token = 2.0\n")
 LONG_TEXT = "This sentence is long enough for its frame cap to be large, by a wide margin indeed. " * 20
@@ -51,7 +52,7 @@ def wy(tiny_model, tmp_path_factory):
     port, wport = free_port(), free_port()
     la = start_cluster(tiny_model, tmp, top=f'voices_dir = "{voices}"\n', roles=(*ROLES, "gateway"),
                        limits=LIMITS,
-                       sections=f"[sampling]\nseed = {SEED}\nmin_new_tokens = 2048\n[gateway]\nport = {port}\n"
+                       sections=f"[sampling]\nseed = {SEED}\n[gateway]\nport = {port}\n"
                                 f'wyoming_uri = "tcp://127.0.0.1:{wport}"\n')
     la.wport, la.voices = wport, voices
     with TTSClient(la.endpoint) as c:  # the cluster's first request (see reference() in test_gateway.py)

@@ -202,7 +202,8 @@ class WyomingFront:
                 self.languages = sorted(langs)
         except TalkerError:
             pass  # the talker is away: the languages last known (or the local manifest's)
-        codes = list(dict.fromkeys(LANGUAGE_CODES.get(x, x) for x in self.languages))
+        # unknown yet (the talker away, the model on another machine): the released model's languages
+        codes = list(dict.fromkeys(LANGUAGE_CODES.get(x, x) for x in self.languages)) or list(LANGUAGE_CODES.values())
         voices = [TtsVoice(name=DEFAULT_VOICE, languages=codes, attribution=ATTRIBUTION, installed=True,
                            description="the model's default voice", version=None)]
         for n in voice_names(self.cfg):

@@ -345,9 +345,27 @@ def test_talker_down(tiny_model, tmp_path):
                 info = Info.from_event(await read(c))
                 await c.write_event(Synthesize(text="").event())
                 await expect_error(c, "invalid_text")
+            # hostile input: unreadable headers close that connection only, wrong types are errors
+            for raw in (b"not json\n", b'{"type": "synthesize", "data_length": "x"}\n', b"[1, 2]\n"):
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(raw)
+                await w.drain()
+                assert await r.read() == b""
+                w.close()
+            async with AsyncTcpClient("127.0.0.1", port) as c:
+                for data in ({"text": 5}, {"text": "x", "voice": "anna"}, {"text": "x", "voice": {"name": 3}}):
+                    await c.write_event(Event("synthesize", data))
+                    await expect_error(c, "bad_request")
+                other = AsyncTcpClient("127.0.0.1", port)
+                await other.connect()
+                await front.stop()          # the gateway stopping: open connections are closed
+                front = None
+                assert await c.read_event() is None and await other.read_event() is None
+                await other.disconnect()
             return text, info
         finally:
-            await front.stop()
+            if front is not None:
+                await front.stop()
 
     text, info = run(go())
     assert "talker" in text and "run" in text

@@ -84,9 +84,10 @@ class TalkerLink:
         messages and finally its `done`; `accepted` and `progress` are consumed here. Raises TalkerError."""
         rid = uuid.uuid4().hex
         sock = self._socket()
-        finished = False
+        finished = True  # until it is sent there is nothing to cancel
         try:
             await self._send(sock, protocol.encode("synthesize", arrays, id=rid, **header), CONNECT_TIMEOUT_S)
+            finished = False
             timeout = CONNECT_TIMEOUT_S  # the first answer (accepted or an error) comes at once
             while True:
                 m = await self._recv(sock, timeout)
@@ -104,8 +105,9 @@ class TalkerLink:
                         return
         finally:
             if not finished:
-                try:
-                    sock.send_multipart(protocol.encode("cancel", id=rid), flags=zmq.NOBLOCK)
+                try:  # zmq.asyncio: a future, done at once with NOBLOCK; its Again (if any) is consumed here
+                    f = sock.send_multipart(protocol.encode("cancel", id=rid), flags=zmq.NOBLOCK)
+                    f.add_done_callback(lambda f: f.cancelled() or f.exception())
                 except zmq.ZMQError:
                     pass
             sock.close(0)

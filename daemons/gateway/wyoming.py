@@ -254,6 +254,14 @@ class WyomingHandler(AsyncEventHandler):
         front.handlers.add(self)
 
     # --- reading side
+    async def run(self) -> None:
+        try:
+            await super().run()
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        except Exception as e:  # an event header the package cannot read (e.g. "data_length": "x")
+            log.info("Wyoming connection closed: unreadable input (%s: %s)", type(e).__name__, e)
+
     async def handle_event(self, event: Event) -> bool:
         try:
             await self.dispatch(event)

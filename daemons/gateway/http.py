@@ -11,6 +11,7 @@ talker's per-connection fairness applies per request); it loads no model.
                                voices_dir (daemons/gateway/voices.py); DELETE /v1/audio/voices/{id}
     GET  /health               the talker's pong (503 when it does not answer)
     GET  /metrics              Prometheus text
+    GET  /                     the web page (daemons/gateway/web.py), GET /v1/info what it needs to know
 
 Every response_format streams as the talker's audio arrives (daemons/gateway/audio.py). Errors use
 OpenAI's envelope {"error":{"message","type","param","code"}}. Status codes: 400 bad input, 401 bad key,
@@ -46,6 +47,7 @@ from daemons.config import Config
 from daemons.engine.pcm import to_int16
 
 from .audio import FORMATS, open_encoder
+from . import web
 
 log = logging.getLogger("qwen3_tts.gateway")
 MODEL_IDS = ("qwen3-tts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -187,6 +189,7 @@ class Gateway:
             Route("/v1/audio/voices/{voice_id}", self.uploads.delete, methods=["DELETE"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
+            *web.routes(self),  # GET / (the web page), /static/*, /v1/info
         ])
 
     # --- helpers

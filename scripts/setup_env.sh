@@ -13,6 +13,26 @@ case "$extras" in
   dev) spec=".[convert,dev]"; level=2 ;;
   *) echo "usage: $0 [convert|dev]" >&2; exit 2 ;;
 esac
+# dev: the web page test (tests/test_web.py) drives Debian's Chromium; install it when missing and we can
+# (root + apt-get). Checked on every run (cheap), before the stamp: a removed browser comes back.
+if [ "$level" = 2 ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    aptlog="$(mktemp)"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver \
+             >"$aptlog" 2>&1 \
+           || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >>"$aptlog" 2>&1 \
+                && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+                     chromium-driver >>"$aptlog" 2>&1; }; }; then
+      echo "setup_env: could not install chromium + chromium-driver with apt-get (see $aptlog);" \
+           "tests/test_web.py will skip (fail with CI=true)" >&2
+    else
+      rm -f "$aptlog"
+    fi
+  else
+    echo "setup_env: chromium + chromium-driver missing and not root with apt-get: install them" \
+         "(apt-get install chromium chromium-driver) or tests/test_web.py skips (fails with CI=true)" >&2
+  fi
+fi
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=".venv/.qwen3-tts-setup"

@@ -2,8 +2,9 @@
 """Full-size benchmark: stage costs, end-to-end streaming RTF through the real daemons, time to first
 audio, daemon memory, and the official `qwen-tts` implementation side by side in the same run.
 
-    python scripts/bench.py [--work DIR] [--checkpoint DIR] [--quant q4_k_m] [--runs 3] [--frames 100]
-                            [--official-frames 10] [--skip-official] [--json FILE]
+    python scripts/bench.py [--work DIR] [--checkpoint DIR | --model-dir DIR] [--quant q4_k_m] [--runs 3]
+                            [--frames 100] [--official-frames 10] [--gateway-frames N] [--skip-official]
+                            [--skip-stages] [--skip-daemons] [--skip-gateway] [--json FILE]
 
 1. Checkpoint: `--checkpoint DIR`, or a random-weight full-size one made (once) under `--work` with
    `scripts/make_checkpoint.py --size full`. THE WEIGHTS ARE RANDOM: the audio is noise and the model
@@ -20,7 +21,13 @@ audio, daemon memory, and the official `qwen-tts` implementation side by side in
 4. End to end: the three daemons started by `daemons.launcher.Launcher` (sd_notify readiness) with a TOML
    config, one client request per run in streaming mode; RTF(w/a) = wall / audio seconds, time to first
    audio, playback stalls, peak RSS of every daemon (psutil, sampled) and their total.
-5. Official: the same checkpoint through `Qwen3TTSModel` (`model.generate()` + the official decoder,
+5. HTTP gateway: the three daemons + `qwen3-tts-daemon gateway`; per run the same seeded request through
+   the ZeroMQ client and streamed through `POST /v1/audio/speech` as pcm, mp3 and opus (order rotated):
+   time to the first audio byte, RTF(w/a), and the gateway's addition to both (paired per run); the
+   gateway's RSS idle, after the speech requests and after a voice upload (`POST /v1/audio/voices`, which
+   loads the voice encoders into the gateway). `--model-dir` skips steps 1-2 and uses a converted model
+   as it is (e.g. the tiny test model, for the gateway's overhead alone).
+6. Official: the same checkpoint through `Qwen3TTSModel` (`model.generate()` + the official decoder,
    fp32, torch CPU) for `--official-frames` frames in a subprocess; reported as a speed ratio.
 
 Medians over `--runs`. Timings on a shared VM vary by +-30-50 % between runs: compare figures of one run.
@@ -57,6 +64,10 @@ TARGETS = {
     "ttfa_ms": ("<=", 300.0),
     "speedup_vs_official": (">=", 30.0),
     "daemons_rss_total_mb": ("<=", 1536.0),
+    # issue 13: the HTTP gateway
+    "gateway_added_ttfa_ms": ("<=", 20.0),
+    "gateway_added_rtf_pct": ("<=", 2.0),
+    "gateway_rss_mb": ("<=", 120.0),
 }
 
 
@@ -795,6 +806,197 @@ def bench_daemons(args, model_dir: Path) -> dict:
     return res
 
 
+# --------------------------------------------------------------------------------------- HTTP gateway
+
+GATEWAY_FORMATS = ("pcm", "mp3", "opus")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _reference_wav(seconds: float = 5.0) -> bytes:
+    """A seeded 24 kHz 'recording' for the upload (a tone with noise: the encoders' cost does not depend
+    on what is said)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(seconds * 24000)) / 24000
+    x = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(0).standard_normal(t.size)
+    b = io.BytesIO()
+    sf.write(b, x.astype(np.float32), 24000, format="WAV")
+    return b.getvalue()
+
+
+def bench_gateway(args, model_dir: Path) -> dict:
+    """The same requests through the ZeroMQ client (`client.api.TTSClient`) and through the HTTP gateway
+    (`POST /v1/audio/speech`, streamed with httpx) in one run on one set of daemons: time to the first
+    audio byte and RTF(w/a) for pcm, mp3 and opus, the order rotated every run; then the gateway's RSS
+    idle (before its first request), after the speech requests, and after a voice upload (5 s reference,
+    POST /v1/audio/voices: the voice encoders load on the first upload)."""
+    import httpx
+    import psutil
+
+    from client.api import TTSClient
+    from daemons.launcher import Launcher
+
+    frames = args.gateway_frames or args.frames
+    run_dir = Path(args.work) / "run-gateway"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for f in run_dir.glob("*.log"):
+        f.unlink()
+    voices = run_dir / "voices"
+    voices.mkdir(exist_ok=True)
+    for f in voices.glob("*.json"):
+        f.unlink()
+    port = _free_port()
+    cfg = run_dir / "bench.toml"
+    lines = [f'model_dir = "{model_dir.resolve()}"', f'runtime_dir = "{run_dir.resolve()}"',
+             f'voices_dir = "{voices.resolve()}"', "",
+             "[limits]", f"max_frames = {max(2048, frames)}",
+             f"chunk_frames = {args.chunk_frames}", f"first_chunk_frames = {args.first_chunk_frames}",
+             "predictor_timeout_s = 60.0", "vocoder_timeout_s = 120.0", "request_timeout_s = 3600.0",
+             "loop_frames = 0", "silence_frames = 0",
+             "", "[gateway]", f"port = {port}", 'wyoming_uri = ""']
+    for role, kv in role_overrides(args).items():
+        lines.append(f"\n[{role}]")
+        if "cpus" in kv:
+            lines.append(f'cpus = "{kv["cpus"]}"')
+        if "threads" in kv:
+            lines.append(f"threads = {int(kv['threads'])}")
+    cfg.write_text("\n".join(lines) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
+    env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT), QWEN3_TTS_LOG_LEVEL="INFO",
+               TOKENIZERS_PARALLELISM="false")
+    la = Launcher(run_dir, env=env)
+    roles = (*ROLES, "gateway")
+    base = f"http://127.0.0.1:{port}"
+    res: dict = {"config": cfg.read_text(), "frames_per_run": frames, "runs": args.runs, "text": TEXT,
+                 "language": LANGUAGE, "formats": list(GATEWAY_FORMATS),
+                 "http_client": f"httpx {httpx.__version__}, TCP_NODELAY, keep-alive connection, streamed"}
+    sampler = None
+    try:
+        for r in roles:
+            la.start(r)
+            la.wait_ready(r, 600)
+        gwp = psutil.Process(la.procs["gateway"].pid)
+        res["gateway_rss_idle_mb"] = r1(gwp.memory_info().rss / 2 ** 20)
+        sampler = RssSampler({"gateway": gwp.pid})
+        sampler.phase = "serve"
+        sampler.start()
+        ep = f"ipc://{run_dir.resolve()}/talker.sock"
+
+        import socket
+
+        # TCP_NODELAY like curl: httpx writes the headers and the body separately, and without it Nagle +
+        # the server's delayed ACK hold the body ~40 ms (a client artefact, not the gateway's)
+        hc = httpx.Client(timeout=3600, transport=httpx.HTTPTransport(
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]))
+
+        def http(fmt: str, seed: int, n: int) -> dict:
+            body = {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": fmt,
+                    "language": LANGUAGE, "seed": seed, "max_frames": n}
+            t0 = time.monotonic()
+            first, size = None, 0
+            with hc.stream("POST", base + "/v1/audio/speech", json=body) as s:
+                if s.status_code != 200:
+                    raise RuntimeError(f"gateway: HTTP {s.status_code}: {s.read()[:300]!r}")
+                for b in s.iter_bytes():
+                    if b and first is None:
+                        first = time.monotonic() - t0
+                    size += len(b)
+            return {"ttfa_ms": first * 1e3, "wall_s": time.monotonic() - t0, "bytes": size}
+
+        with TTSClient(ep, idle_timeout_s=600) as c:
+            c.synthesize(TEXT, LANGUAGE, params={"seed": 1}, max_frames=8)    # warm-ups, not counted
+            for fmt in GATEWAY_FORMATS:
+                http(fmt, 1, 8)
+            res["gateway_rss_after_warmup_mb"] = r1(gwp.memory_info().rss / 2 ** 20)
+            per = {k: [] for k in ("zmq", *GATEWAY_FORMATS)}
+            fl = ForeignLoad()
+            kinds = ["zmq", *GATEWAY_FORMATS]
+            for run in range(args.runs):
+                seed = 3000 + run
+                order = kinds[run % len(kinds):] + kinds[:run % len(kinds)]
+                this = {}
+                for k in order:
+                    if k == "zmq":
+                        z = c.synthesize(TEXT, LANGUAGE, params={"seed": seed}, max_frames=frames)
+                        one = {"ttfa_ms": z.ttfa_s * 1e3, "wall_s": z.wall_s, "frames": z.frames}
+                        audio_s = z.seconds
+                    else:
+                        one = http(k, seed, frames)
+                        audio_s = one["bytes"] / 2 / 24000 if k == "pcm" else None
+                    one["audio_s"] = audio_s
+                    this[k] = one
+                for k in kinds:   # mp3/opus: the audio of the same seeded request (same frames) via ZeroMQ
+                    one = this[k]
+                    if one["audio_s"] is None:
+                        one["audio_s"] = this["zmq"]["audio_s"]
+                    one["rtf"] = one["wall_s"] / one["audio_s"] if one["audio_s"] else None
+                    per[k].append({kk: (r1(v, 3) if isinstance(v, float) else v) for kk, v in one.items()})
+                log(f"gateway run {run + 1}/{args.runs}: " + ", ".join(
+                    f"{k} ttfa {per[k][-1]['ttfa_ms']} ms rtf {per[k][-1]['rtf']}" for k in kinds))
+            res["load"] = fl.done()
+        res["per_run"] = per
+        out = {}
+        z_ttfa, z_rtf = median([x["ttfa_ms"] for x in per["zmq"]]), median([x["rtf"] for x in per["zmq"]])
+        out["zmq"] = {"ttfa_ms": r1(z_ttfa), "rtf": r1(z_rtf, 3)}
+        for k in GATEWAY_FORMATS:
+            t, rt = median([x["ttfa_ms"] for x in per[k]]), median([x["rtf"] for x in per[k]])
+            # paired per run (same seed, back to back): the gateway's addition
+            d_ttfa = median([a["ttfa_ms"] - b["ttfa_ms"] for a, b in zip(per[k], per["zmq"])])
+            d_rtf = median([(a["rtf"] / b["rtf"] - 1) * 100 for a, b in zip(per[k], per["zmq"])])
+            d_wall = median([(a["wall_s"] - b["wall_s"]) * 1e3 for a, b in zip(per[k], per["zmq"])])
+            out[k] = {"ttfa_ms": r1(t), "rtf": r1(rt, 3), "added_ttfa_ms": r1(d_ttfa), "added_rtf_pct": r1(d_rtf),
+                      "added_wall_ms": r1(d_wall)}
+        res["medians"] = out
+        res["gateway_rss_after_speech_mb"] = r1(gwp.memory_info().rss / 2 ** 20)
+        # a voice upload: the encoders are loaded now, in the gateway
+        wav = _reference_wav()
+        t0 = time.monotonic()
+        r = httpx.post(base + "/v1/audio/voices", data={"name": "bench", "transcript": TEXT,
+                                                        "language": LANGUAGE},
+                       files={"audio_sample": ("ref.wav", wav, "audio/wav")}, timeout=3600)
+        up_s = time.monotonic() - t0
+        if r.status_code != 200:
+            raise RuntimeError(f"voice upload: HTTP {r.status_code}: {r.text[:300]}")
+        res["upload"] = {"reference_s": 5.0, "first_upload_s": r1(up_s, 2), "response": r.json()}
+        res["gateway_rss_after_upload_mb"] = r1(gwp.memory_info().rss / 2 ** 20)
+        t0 = time.monotonic()
+        httpx.delete(base + "/v1/audio/voices/bench", timeout=60)
+        r = httpx.post(base + "/v1/audio/voices", data={"name": "bench", "transcript": TEXT, "language": LANGUAGE},
+                       files={"audio_sample": ("ref.wav", wav, "audio/wav")}, timeout=3600)
+        res["upload"]["second_upload_s"] = r1(time.monotonic() - t0, 2)
+        httpx.delete(base + "/v1/audio/voices/bench", timeout=60)
+        sampler.stop()
+        res["gateway_rss_peak_mb"] = r1(sampler.peak["serve"]["gateway"] / 2 ** 20)
+        st = _proc_status(gwp.pid)
+        res["gateway_vmhwm_mb"] = r1(int(st.get("VmHWM", "0 kB").split()[0]) / 1024)
+        res["gateway_threads"] = int(st.get("Threads", 0) or 0)
+    finally:
+        if sampler is not None:
+            try:
+                sampler.stop()
+            except Exception as e:  # noqa: BLE001
+                log(f"rss sampler: {e}")
+        for r in reversed(roles):
+            if r in la.procs:
+                try:
+                    la.stop(r)
+                except Exception as e:  # noqa: BLE001
+                    log(f"stopping {r} (pid {la.procs[r].pid}): {e}")
+                    la.procs[r].kill()
+        la.close()
+    return res
+
+
 # --------------------------------------------------------------------------------------- official
 
 def official_worker(ckpt: str, frames: int, runs: int, threads: int) -> None:
@@ -871,6 +1073,12 @@ def summarise(res: dict) -> dict:
         s["e2e_rtf"] = e2e["rtf"]
         s["ttfa_ms"] = e2e["ttfa_ms"]
         s["daemons_rss_total_mb"] = e2e["rss_total_peak_serving_mb"]
+    gw = res.get("gateway")
+    if gw:
+        # the worst of the three formats
+        s["gateway_added_ttfa_ms"] = max(gw["medians"][f]["added_ttfa_ms"] for f in GATEWAY_FORMATS)
+        s["gateway_added_rtf_pct"] = max(gw["medians"][f]["added_rtf_pct"] for f in GATEWAY_FORMATS)
+        s["gateway_rss_mb"] = gw["gateway_rss_peak_mb"]
     if e2e and off and "s_per_frame" in off:
         ours = e2e["wall_ms_per_frame"] / 1e3
         s["speedup_vs_official"] = r1(off["s_per_frame"] / ours, 1)
@@ -924,6 +1132,23 @@ def print_table(res: dict) -> None:
                 f"VmHWM {mm['vmhwm_mb']} MB, PSS {mm.get('pss_mb')} MB, cpus {mm['cpus_allowed']}")
         row("daemons RSS total", e2e["rss_total_peak_serving_mb"], "MB", "daemons_rss_total_mb",
             f"sum of VmHWM {e2e['vmhwm_total_mb']} MB")
+    gw = res.get("gateway")
+    if gw:
+        z = gw["medians"]["zmq"]
+        row("ZeroMQ client TTFA / RTF", z["ttfa_ms"], "ms", None, f"RTF {z['rtf']}; {gw['frames_per_run']} frames")
+        for f in GATEWAY_FORMATS:
+            g = gw["medians"][f]
+            row(f"gateway {f} TTFA / RTF", g["ttfa_ms"], "ms", None,
+                f"RTF {g['rtf']}; added vs ZeroMQ (paired): TTFA {g['added_ttfa_ms']} ms, RTF {g['added_rtf_pct']} % "
+                f"(wall {g['added_wall_ms']} ms per {gw['frames_per_run']}-frame request)")
+        row("gateway added TTFA (worst format)", s.get("gateway_added_ttfa_ms"), "ms", "gateway_added_ttfa_ms")
+        row("gateway added RTF (worst format)", s.get("gateway_added_rtf_pct"), "%", "gateway_added_rtf_pct")
+        row("gateway RSS", gw["gateway_rss_peak_mb"], "MB", "gateway_rss_mb",
+            f"idle {gw['gateway_rss_idle_mb']}, after speech {gw['gateway_rss_after_speech_mb']}, after upload "
+            f"{gw['gateway_rss_after_upload_mb']} MB (peak sampled; VmHWM {gw['gateway_vmhwm_mb']} MB)")
+        u = gw["upload"]
+        row("voice upload (5 s reference)", u["first_upload_s"], "s", None,
+            f"first (loads the encoders); second {u['second_upload_s']} s")
     if off and "s_per_frame" in off:
         row("official s/frame", r1(off["s_per_frame"], 3), "s", None,
             f"generate {off['generate_s_per_frame']:.3f} + decode {off['decode_s_per_frame']:.3f}; "
@@ -936,6 +1161,8 @@ def print_table(res: dict) -> None:
     w = [max(len(r[i]) for r in rows + [("metric", "median", "target", "met", "")]) for i in range(4)]
     print(f"\nqwen3-tts bench — {m['cpu_model']}, {m['logical_cpus']} CPUs ({m.get('hypervisor') or 'bare metal'}), "
           f"talker {q['talker']}, predictor {q['predictor']}, vocoder fp32 ONNX; medians of {res['args']['runs']} runs")
+    print(f"command: {res['command']}")
+    print(f"model: {res['model_dir']}; llama.cpp: {res.get('llama_system_info')}")
     print(f"{'metric':<{w[0]}}  {'median':>{w[1]}}  {'target':<{w[2]}}  {'met':<{w[3]}}  detail")
     for name, val, tgt, met, det in rows:
         print(f"{name:<{w[0]}}  {val:>{w[1]}}  {tgt:<{w[2]}}  {met:<{w[3]}}  {det}")
@@ -950,6 +1177,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/qwen3-tts-bench", help="checkpoint, converted models, runtime dir")
     ap.add_argument("--checkpoint", help="full-size checkpoint to use (default: make one under --work)")
+    ap.add_argument("--model-dir", help="a converted model directory to use as it is (no checkpoint, no "
+                                        "conversion, no official comparison unless --checkpoint is given)")
     ap.add_argument("--quant", default="q4_k_m", choices=("f32", "f16", "q8_0", "q4_k_m"))
     ap.add_argument("--predictor-quant", choices=("f32", "f16", "q8_0", "q4_k_m"))
     ap.add_argument("--runs", type=int, default=3)
@@ -958,6 +1187,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-official", action="store_true")
     ap.add_argument("--skip-stages", action="store_true")
     ap.add_argument("--skip-daemons", action="store_true")
+    ap.add_argument("--skip-gateway", action="store_true", help="no HTTP gateway comparison")
+    ap.add_argument("--gateway-frames", type=int, default=None, help="frames per gateway request (default --frames)")
     ap.add_argument("--skip-whole-machine", action="store_true",
                     help="stages only in the daemons' CPU layout, not again with all CPUs each")
     ap.add_argument("--threads", type=int, default=None, help="stage benches and official (default: all usable CPUs)")
@@ -990,10 +1221,20 @@ def main(argv=None) -> int:
                                                        *(sys.argv[1:] if argv is None else argv)]),
                  "random_weights": True, "machine": machine_info(), "git": git_info()}
     res["daemon_layout"] = layout
-    ckpt = ensure_checkpoint(a)
-    ckpt, note = tokenizer_fixup(ckpt, Path(a.work))
-    res["problems"] = [note] if note else []
-    model_dir, reused = ensure_model(a, ckpt)
+    import llama_cpp
+
+    res["llama_system_info"] = llama_cpp.llama_print_system_info().decode(errors="replace").strip()
+    log(f"llama.cpp system info: {res['llama_system_info']}")
+    res["problems"] = []
+    if a.model_dir:
+        ckpt, model_dir, reused = (Path(a.checkpoint) if a.checkpoint else None), Path(a.model_dir), True
+        if ckpt is None:
+            a.skip_official = True
+    else:
+        ckpt = ensure_checkpoint(a)
+        ckpt, note = tokenizer_fixup(ckpt, Path(a.work))
+        res["problems"] = [note] if note else []
+        model_dir, reused = ensure_model(a, ckpt)
     mf = json.loads((model_dir / "manifest.json").read_text())
     res["checkpoint"] = str(ckpt)
     res["model_dir"] = str(model_dir)
@@ -1017,6 +1258,9 @@ def main(argv=None) -> int:
         res["e2e"] = bench_daemons(a, model_dir)
         log(f"e2e: RTF {res['e2e']['rtf']}, TTFA {res['e2e']['ttfa_ms']} ms, "
             f"RSS total {res['e2e']['rss_total_peak_serving_mb']} MB")
+    if not a.skip_gateway:
+        log(f"gateway: {a.runs} x (ZeroMQ, {', '.join(GATEWAY_FORMATS)}) x {a.gateway_frames or a.frames} frames")
+        res["gateway"] = bench_gateway(a, model_dir)
     if not a.skip_official:
         log(f"official qwen-tts: {a.runs} x {a.official_frames} frames (generate + decode), {threads} threads")
         res["official"] = bench_official(ckpt, a.official_frames, a.runs, threads)

@@ -129,10 +129,13 @@ class Talk:
                 await self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
                 return
             except zmq.Again:
-                if time.monotonic() > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise ApiError(503, f"the talker daemon does not answer at {self.endpoint}", "not_running",
                                    type_="server_error") from None
-                await asyncio.sleep(0.01)
+                # IMMEDIATE: writable once the connection is up; wake then, not on a fixed sleep (a 10 ms
+                # sleep here was most of the gateway's addition to time to first audio)
+                await self.sock.poll(max(1, int(min(left, 0.1) * 1000)), zmq.POLLOUT)
 
     async def recv(self, timeout_s: float) -> protocol.Message:
         if not await self.sock.poll(int(timeout_s * 1000), zmq.POLLIN):
@@ -428,6 +431,8 @@ async def serve(cfg: Config) -> int:
     gw = Gateway(cfg)
     n = Notifier()
     logging.getLogger("uvicorn.error").addFilter(_QuietCut())
+    for fmt in ("mp3", "opus"):  # PyAV's first encoder in a process costs ~0.1 s (codec libraries): not the first client's
+        open_encoder(fmt).finish()
     from .wyoming import start_wyoming  # the Wyoming front in this event loop ([gateway] wyoming_uri)
     try:
         wy = await start_wyoming(cfg, gw.ctx)

@@ -54,7 +54,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from .engine.sampling import MAX_TOP_K, MIN_REPETITION_PENALTY, MIN_TEMPERATURE
+from .engine.sampling_bounds import MAX_TOP_K, MIN_REPETITION_PENALTY, MIN_TEMPERATURE
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -522,3 +522,15 @@ def test_runtime_dir_cli(home, tmp_path):
     r = subprocess.run([sys.executable, "-m", "daemons.config", "--bogus"], cwd=ROOT, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_config_imports_no_numpy():
+    """Daemons load their configuration before pinning their threads: numpy there would start OpenBLAS's
+    thread pool sized to every CPU before OPENBLAS_NUM_THREADS is set (the pool then stays that big)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", "import sys, daemons.config, daemons.cpu; print(sorted(m for m in "
+                        "('numpy', 'zmq', 'llama_cpp', 'onnxruntime') if m in sys.modules))"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)

@@ -14,11 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-# Below this the logits divided by the temperature can overflow to inf and exp() gives NaN probabilities
-# (5e-324 did); 1e-5 is greedy in all but name. Logits of finite float32 over 1e-5 stay finite in float64.
-MIN_TEMPERATURE = 1e-5
-MIN_REPETITION_PENALTY = 1e-3  # dividing float32 logits by less can overflow them to inf
-MAX_TOP_K = 1 << 20
+from .sampling_bounds import MAX_TOP_K, MIN_REPETITION_PENALTY, MIN_TEMPERATURE  # noqa: F401 (re-exported)
 
 
 @dataclass

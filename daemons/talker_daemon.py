@@ -113,8 +113,9 @@ class TalkerDaemon(Service):
         self.md = ModelDir(self.cfg.model_dir)
         self.prompts = PromptBuilder(self.md)
         self.engine = TalkerEngine(self.md, threads=self.threads)
-        self.defaults = SamplingParams.from_generation_config(self.md.generation, **{
-            k: v for k, v in self.cfg.sampling.items() if k in CLIENT_PARAMS})
+        # [sampling]: server-side defaults over the model's generation_config, all of its keys (a client
+        # may override only CLIENT_PARAMS; min_new_tokens is the server's alone)
+        self.defaults = SamplingParams.from_generation_config(self.md.generation, **self.cfg.sampling)
         self.front = self.bind_router(self.cfg.endpoints["talker"])
         # Towards clients a bounded send queue (set before clients connect: it applies to their pipes): a
         # client that stops reading until it fills loses its request (logged); no unbounded memory.

@@ -70,6 +70,19 @@ def reference(gw):
     return to_int16(r.audio), r
 
 
+def test_server_sampling_defaults_reach_the_talker(gw, synth):
+    """[sampling] min_new_tokens = 2048 in this cluster's config blocks EOS: seed 7 ends on EOS after a few
+    frames with the model's defaults (checked here), and runs to the frames asked for in the daemons."""
+    eos = list(synth.frames(TEXT, "english", params=synth.sampling(seed=7), max_frames=40))
+    assert len(eos) < 40
+    ref = np.stack(list(synth.frames(TEXT, "english", params=synth.sampling(seed=7, min_new_tokens=2048),
+                                     max_frames=40)))
+    with TTSClient(gw.endpoint) as c:
+        r = c.synthesize(TEXT, "english", params={"seed": 7}, max_frames=40, return_codes=True)
+    assert r.codes.shape == ref.shape == (40, 16) and (r.codes == ref).all()
+    assert [s["stop"] for s in r.segments] == ["max_frames"], r.segments
+
+
 def decode(data: bytes, fmt: str) -> np.ndarray:
     """-> int16 mono samples at the stream's own rate (opus decodes at 48 kHz)."""
     if fmt == "pcm":

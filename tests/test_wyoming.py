@@ -34,7 +34,6 @@ TEXT = "Hello from Wyoming."
 EN = SynthesizeVoice(language="en")
 # Short frame caps (cap_base + per_token x tokens) keep requests short; the runaway rules off. A LONG request
 # (twenty long sentences, each running at least about as many frames as it has tokens) runs for seconds.
-# (The talker takes only the client parameters of [sampling], not min_new_tokens: EOS can come early.)
 LIMITS = ("queue_size = 4\nloop_frames = 0\nsilence_frames = 0\ncap_base_frames = 10\n"
           "cap_frames_per_token = 2.0\n")
 LONG_TEXT = "This sentence is long enough for its frame cap to be large, by a wide margin indeed. " * 20

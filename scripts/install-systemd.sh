@@ -118,12 +118,14 @@ if [ -e "$etc_dir/config.toml" ]; then
 else
     # runtime_dir set explicitly: clients read this file too, and a login session's $XDG_RUNTIME_DIR
     # would otherwise point them at /run/user/UID/qwen3-tts instead of the system daemons' sockets.
+    # voices_dir: the gateway's state directory (qwen3-tts@gateway.service.d/10-voices.conf), where uploads go.
     sed -e 's|^# runtime_dir = "/run/qwen3-tts"$|runtime_dir = "/run/qwen3-tts"   # set by install-systemd.sh (RuntimeDirectory=)|' \
+        -e 's|^# voices_dir = "/var/lib/qwen3-tts/voices"$|voices_dir = "/var/lib/qwen3-tts/voices"   # set by install-systemd.sh (the gateway'"'"'s StateDirectory=)|' \
         "$repo/qwen3-tts.example.toml" > "$etc_dir/config.toml.tmp"
     chown root:"$user" "$etc_dir/config.toml.tmp"
     chmod 0640 "$etc_dir/config.toml.tmp"
     mv -f "$etc_dir/config.toml.tmp" "$etc_dir/config.toml"
-    echo "created $etc_dir/config.toml (runtime_dir = /run/qwen3-tts, every other key commented out = defaults)"
+    echo "created $etc_dir/config.toml (runtime_dir = /run/qwen3-tts, voices_dir = /var/lib/qwen3-tts/voices, every other key commented out = defaults)"
 fi
 if [ ! -e "$etc_dir/env" ]; then
     umask 027

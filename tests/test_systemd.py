@@ -77,8 +77,8 @@ def directives(path: Path) -> dict[str, list[str]]:
 
 def test_rendered_files(units, prefix):
     files = sorted(str(p.relative_to(units)) for p in units.rglob("*") if p.is_file())
-    assert files == ["qwen3-tts.target", "qwen3-tts@.service", "qwen3-tts@talker.service.d/10-order.conf",
-                     "qwen3-tts@vocoder.service.d/10-npu.conf"]
+    assert files == ["qwen3-tts.target", "qwen3-tts@.service", "qwen3-tts@gateway.service.d/10-voices.conf",
+                     "qwen3-tts@talker.service.d/10-order.conf", "qwen3-tts@vocoder.service.d/10-npu.conf"]
     for p in units.rglob("*"):
         if p.is_file():
             assert "/opt/qwen3-tts" not in p.read_text() or prefix == Path("/opt/qwen3-tts"), p
@@ -156,6 +156,11 @@ def test_unit_contents(units, prefix):
     assert order["Unit.After"] == ["qwen3-tts@predictor.service qwen3-tts@vocoder.service"]
     npu = directives(units / "qwen3-tts@vocoder.service.d" / "10-npu.conf")
     assert npu["Service.PrivateDevices"] == ["no"] and npu["Service.DevicePolicy"] == ["closed"]
+    # uploads: the gateway's voices_dir is writable under ProtectSystem=strict, and only the gateway's
+    gw = directives(units / "qwen3-tts@gateway.service.d" / "10-voices.conf")
+    assert gw["Service.StateDirectory"] == ["qwen3-tts qwen3-tts/voices"] and gw["Unit.After"] == [
+        "qwen3-tts@talker.service"]
+    assert "Service.StateDirectory" not in s and "Service.ReadWritePaths" not in s
 
 
 def test_render_user_and_prefix_substitution(tmp_path):
@@ -241,4 +246,5 @@ systemd-analyze verify qwen3-tts.target qwen3-tts@talker.service qwen3-tts@predi
     from daemons.config import load_config
     cfg = load_config(tmp_path / "config.toml", env={"HOME": str(tmp_path)})
     assert str(cfg.runtime_dir) == "/run/qwen3-tts"
+    assert str(cfg.voices_dir) == "/var/lib/qwen3-tts/voices"           # the gateway's StateDirectory=
     assert cfg.endpoints["talker"] == "ipc:///run/qwen3-tts/talker.sock"

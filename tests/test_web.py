@@ -64,7 +64,17 @@ def chromium() -> tuple[str | None, str | None]:
 
 
 @pytest.fixture(scope="module")
-def gw(tiny_model, tmp_path_factory):
+def chrome() -> tuple[str, str]:
+    """The browser and its driver, checked before any daemon starts."""
+    need(webdriver is not None, "selenium is not installed (pip install -e '.[dev]')")
+    binary, driver = chromium()
+    need(binary is not None and driver is not None,
+         "Chromium or chromedriver not found (Debian: apt-get install chromium chromium-driver)")
+    return binary, driver
+
+
+@pytest.fixture(scope="module")
+def gw(chrome, tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     voices = tmp / "voices"
     voices.mkdir()
@@ -94,11 +104,8 @@ def reference(gw) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def browser(gw, tmp_path_factory):
-    need(webdriver is not None, "selenium is not installed (pip install -e '.[dev]')")
-    binary, driver = chromium()
-    need(binary is not None and driver is not None,
-         "Chromium or chromedriver not found (Debian: apt-get install chromium chromium-driver)")
+def browser(chrome, gw, tmp_path_factory):
+    binary, driver = chrome
     downloads = tmp_path_factory.mktemp("downloads")
     o = webdriver.ChromeOptions()
     o.binary_location = binary

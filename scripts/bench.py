@@ -789,21 +789,26 @@ def bench_daemons(args, model_dir: Path) -> dict:
         res["vmhwm_total_mb"] = r1(sum(m["vmhwm_mb"] for m in mem.values()))
         res["pss_total_mb"] = r1(sum(m.get("pss_mb") or 0 for m in mem.values()))
     finally:
-        # the daemons run in their own sessions: stop every one this bench started, whatever happened
-        if sampler is not None:
-            try:
-                sampler.stop()
-            except Exception as e:  # noqa: BLE001
-                log(f"rss sampler: {e}")
-        for r in reversed(ROLES):
-            if r in la.procs:
-                try:
-                    la.stop(r)
-                except Exception as e:  # noqa: BLE001
-                    log(f"stopping {r} (pid {la.procs[r].pid}): {e}")
-                    la.procs[r].kill()
-        la.close()
+        _shutdown(la, ROLES, sampler)
     return res
+
+
+def _shutdown(la, roles, sampler) -> None:
+    """Stop the RSS sampler and every daemon this bench started (they run in their own sessions), whatever
+    happened; failures are logged, a daemon that will not stop is killed."""
+    if sampler is not None:
+        try:
+            sampler.stop()
+        except Exception as e:  # noqa: BLE001
+            log(f"rss sampler: {e}")
+    for r in reversed(roles):
+        if r in la.procs:
+            try:
+                la.stop(r)
+            except Exception as e:  # noqa: BLE001
+                log(f"stopping {r} (pid {la.procs[r].pid}): {e}")
+                la.procs[r].kill()
+    la.close()
 
 
 # --------------------------------------------------------------------------------------- HTTP gateway
@@ -981,19 +986,7 @@ def bench_gateway(args, model_dir: Path) -> dict:
         res["gateway_vmhwm_mb"] = r1(int(st.get("VmHWM", "0 kB").split()[0]) / 1024)
         res["gateway_threads"] = int(st.get("Threads", 0) or 0)
     finally:
-        if sampler is not None:
-            try:
-                sampler.stop()
-            except Exception as e:  # noqa: BLE001
-                log(f"rss sampler: {e}")
-        for r in reversed(roles):
-            if r in la.procs:
-                try:
-                    la.stop(r)
-                except Exception as e:  # noqa: BLE001
-                    log(f"stopping {r} (pid {la.procs[r].pid}): {e}")
-                    la.procs[r].kill()
-        la.close()
+        _shutdown(la, roles, sampler)
     return res
 
 

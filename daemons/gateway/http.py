@@ -1,7 +1,8 @@
 """`qwen3-tts-daemon gateway`: the OpenAI-compatible speech server (Starlette + uvicorn, asyncio).
 
-A client of the talker over daemons/protocol.py with zmq.asyncio, one DEALER per HTTP request (so the
-talker's per-connection fairness applies per request); it loads no model.
+A client of the talker over daemons/protocol.py with zmq.asyncio (daemons/gateway/talker_link.py, shared
+with the other fronts), one DEALER per HTTP request (so the talker's per-connection fairness applies per
+request); it loads no model.
 
     POST /v1/audio/speech      OpenAI CreateSpeechRequest (+ extras language, seed, sampling, max_frames)
     GET  /v1/models            {"object":"list","data":[{"id","object":"model","created","owned_by"}]}
@@ -31,32 +32,28 @@ import json
 import logging
 import math
 import time
-import uuid
 from pathlib import Path
 
-import numpy as np
-import zmq
 import zmq.asyncio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from daemons import protocol
 from daemons.config import Config
 from daemons.engine.pcm import to_int16
 
 from .audio import FORMATS, open_encoder
+from .talker_link import CONNECT_TIMEOUT_S, TalkerError, TalkerLink, TalkerRequest, voice_names
 from . import web
 
 log = logging.getLogger("qwen3_tts.gateway")
 MODEL_IDS = ("qwen3-tts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 SAMPLING = {"temperature", "top_k", "top_p", "repetition_penalty", "do_sample", "sub_do_sample", "sub_temperature",
             "sub_top_k", "sub_top_p", "seed"}  # the talker's CLIENT_PARAMS
-CONNECT_TIMEOUT_S = 3.0
 STATUS = {"busy": 429, "invalid_text": 400, "unknown_language": 400, "unknown_voice": 400, "invalid_request": 400,
           "bad_request": 400, "invalid_voice": 400, "timeout": 504, "not_running": 503, "shutting_down": 503,
-          "predictor_unavailable": 503, "vocoder_unavailable": 503}
+          "predictor_unavailable": 503, "vocoder_unavailable": 503, "protocol": 502}
 
 
 class ApiError(Exception):
@@ -112,43 +109,6 @@ class Metrics:
         self.queue = Gauge("qwen3_tts_gateway_talker_queue", "talker queue at the last ping", registry=self.registry)
 
 
-class Talk:
-    """One request to the talker on its own DEALER."""
-
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str):
-        self.sock = ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.IMMEDIATE, 1)
-        self.sock.connect(endpoint)
-        self.endpoint = endpoint
-
-    async def send(self, frames) -> None:
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while True:
-            try:
-                await self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ApiError(503, f"the talker daemon does not answer at {self.endpoint}", "not_running",
-                                   type_="server_error") from None
-                # IMMEDIATE: writable once the connection is up; wake then, not on a fixed sleep (a 10 ms
-                # sleep here was most of the gateway's addition to time to first audio)
-                await self.sock.poll(max(1, int(min(left, 0.1) * 1000)), zmq.POLLOUT)
-
-    async def recv(self, timeout_s: float) -> protocol.Message:
-        if not await self.sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            raise ApiError(504, f"no answer from the talker within {timeout_s:g} s", "timeout", type_="server_error")
-        try:
-            return protocol.decode(await self.sock.recv_multipart(), 64 * 1024 * 1024)
-        except protocol.ProtocolError as e:
-            raise ApiError(502, str(e), "protocol", type_="server_error") from None
-
-    def close(self) -> None:
-        self.sock.close(0)
-
-
 def _param(body: dict, key: str, kind, lo=None, hi=None, default=None):
     v = body.get(key, default)
     if v is None:
@@ -170,6 +130,7 @@ class Gateway:
         self.g = cfg.gateway
         self.endpoint = cfg.endpoints["talker"]
         self.ctx = zmq.asyncio.Context()
+        self.link = TalkerLink(self.ctx, self.endpoint, cfg.limits.request_timeout_s)
         self.metrics = Metrics()
         # the model's manifest when it is on this machine; else (and anyway) learnt from the talker's `done`
         self.random_weights: bool | None = None
@@ -210,22 +171,13 @@ class Gateway:
                            type_="authentication_error")
 
     def voice_names(self) -> list[str]:
-        d = self.cfg.voices_dir
-        if d is None or not Path(d).is_dir():
-            return []
-        return sorted(p.stem for p in Path(d).glob("*.json"))
+        return voice_names(self.cfg)
 
     def extra_headers(self) -> dict:
         return {"X-Qwen3-TTS-Random-Weights": "true"} if self.random_weights else {}
 
     async def ping(self) -> dict:
-        t = Talk(self.ctx, self.endpoint)
-        try:
-            await t.send(protocol.encode("ping"))
-            m = await t.recv(CONNECT_TIMEOUT_S)
-            return m.header
-        finally:
-            t.close()
+        return await self.link.ping(CONNECT_TIMEOUT_S)  # raises TalkerError
 
     # --- routes
     async def models(self, request: Request):
@@ -242,7 +194,7 @@ class Gateway:
     async def health(self, request: Request):
         try:
             pong = await self.ping()
-        except ApiError as e:
+        except TalkerError as e:
             return JSONResponse({"status": "unavailable", "talker": None, "error": e.message}, status_code=503)
         self.metrics.queue.set(pong.get("queue", 0))
         return JSONResponse({"status": "ok", "talker": {k: v for k, v in pong.items() if k not in ("v", "type")}})
@@ -314,22 +266,25 @@ class Gateway:
                 raise ApiError(400, "the request body is not valid JSON", "invalid_json") from None
             header, fmt, sf, speed = self.parse(body)
             enc = open_encoder(fmt, speed)
-            rid = uuid.uuid4().hex
-            talk = Talk(self.ctx, self.endpoint)
+            talk = self.link.request()
+            rid = talk.id
             try:
-                await talk.send(protocol.encode("synthesize", id=rid, **header))
-                first = await self.next_message(talk, rid, CONNECT_TIMEOUT_S)
+                try:
+                    await talk.synthesize(header)
+                except TalkerError as e:
+                    raise talker_error(e.code, e.message) from None
+                first = await self.next_message(talk, CONNECT_TIMEOUT_S)
                 deadline = time.monotonic() + self.cfg.limits.request_timeout_s
                 while first.type not in ("audio", "done"):  # accepted, progress: wait for audio before headers
-                    if not await talk.sock.poll(500, zmq.POLLIN):
+                    if not await talk.poll(500):
                         if await request.is_disconnected():  # gave up while queued: free its place at once
                             raise _Gone()
                         if time.monotonic() > deadline:
                             raise ApiError(504, "no audio from the talker in time", "timeout", type_="server_error")
                         continue
-                    first = await self.next_message(talk, rid, CONNECT_TIMEOUT_S)
+                    first = await self.next_message(talk, CONNECT_TIMEOUT_S)
             except BaseException:
-                self.cancel(talk, rid)
+                await talk.cancel()  # (only a request the talker has and has not finished)
                 talk.close()
                 raise
         except _Gone:
@@ -348,25 +303,18 @@ class Gateway:
         media = "text/event-stream" if sf == "sse" else enc.content_type
         if sf == "sse":
             headers["Cache-Control"] = "no-cache"
-        return StreamingResponse(self.stream(talk, rid, enc, first, sf, t0, len(header["text"])),
+        return StreamingResponse(self.stream(talk, enc, first, sf, t0, len(header["text"])),
                                  media_type=media, headers=headers)
 
-    async def next_message(self, talk: Talk, rid: str, timeout_s: float) -> protocol.Message:
-        while True:
-            msg = await talk.recv(timeout_s)
-            if msg.id != rid:
-                continue
-            if msg.type == "error":
-                raise talker_error(msg.header.get("code", "internal"), msg.header.get("message", ""))
-            return msg
-
-    def cancel(self, talk: Talk, rid: str) -> None:
+    async def next_message(self, talk: TalkerRequest, timeout_s: float):
+        """The request's next message (accepted, progress, audio, done); a failure as an ApiError."""
         try:
-            talk.sock.send_multipart(protocol.encode("cancel", id=rid), flags=zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass
+            return await talk.next(timeout_s)
+        except TalkerError as e:
+            raise talker_error(e.code, e.message) from None
 
-    async def stream(self, talk: Talk, rid: str, enc, msg, sf: str, t0: float, chars: int):
+    async def stream(self, talk: TalkerRequest, enc, msg, sf: str, t0: float, chars: int):
+        rid = talk.id
         m = self.metrics
         m.active.inc()
         finished = False
@@ -402,7 +350,7 @@ class Gateway:
                         yield b"data: " + json.dumps({"type": "speech.audio.done", "usage": usage}).encode() + b"\n\n"
                     return
                 try:
-                    msg = await self.next_message(talk, rid, self.cfg.limits.request_timeout_s)
+                    msg = await self.next_message(talk, self.cfg.limits.request_timeout_s)
                 except ApiError as e:
                     finished = True  # the talker ended it (or stopped answering)
                     m.errors.labels(e.code).inc()
@@ -419,7 +367,7 @@ class Gateway:
             m.active.dec()
             if not finished:  # the client went away (cancelled task / closed generator)
                 log.info("speech stream %s: client disconnected, cancelling", rid)
-                self.cancel(talk, rid)
+                await talk.cancel()
             talk.close()
 
 

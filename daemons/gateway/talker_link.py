@@ -1,19 +1,25 @@
-"""One request from an asyncio serving front to the talker daemon (zmq.asyncio, daemons/protocol.py).
+"""Requests from an asyncio serving front to the talker daemon (zmq.asyncio, daemons/protocol.py): the one
+talker client of the gateway's fronts (http.py, wyoming.py, websocket.py).
 
     link = TalkerLink(ctx, cfg.endpoints["talker"], cfg.limits.request_timeout_s)
     async with contextlib.aclosing(link.synthesize(header)) as msgs:
         async for m in msgs:          # "audio" messages (pcm f32) as they arrive, then the one "done"
             ...
     # a typed failure raises TalkerError(code, message): the talker's own codes (busy, invalid_text,
-    # unknown_language, unknown_voice, predictor_unavailable, shutting_down, ...) or not_running /
-    # timeout / protocol from this side
+    # unknown_language, unknown_voice, predictor_unavailable, shutting_down, cancelled, ...) or
+    # not_running / timeout / protocol from this side
 
-One DEALER per request, as daemons/gateway/http.py does (so the talker's per-connection fairness applies
-per request). Leaving the generator early (aclose, cancellation, an exception in the consumer) sends
-`cancel` for the request, so the talker stops working on it. Also the voice names a front may ask for
-(`voice_names`, `resolve_voice`: voices_dir + [gateway] voice_aliases) and the model's languages.
+`synthesize` is the whole request as a generator; a front that needs more control (HTTP waits for the
+first audio while watching its client, the WebSocket front cancels from another task) uses the
+`TalkerRequest` underneath it: send(), next() (every message of the request, `accepted` and `progress`
+included; an `error` raises), poll(), pending(), cancel(), close().
 
-http.py still has its own copy of the send/receive part (its `Talk` class), written before this module.
+One DEALER per request (so the talker's per-connection fairness applies per request). A new DEALER waits
+for its connection with poll(POLLOUT) (IMMEDIATE: writable once the connection is up), not fixed sleeps.
+Leaving a request early (aclose, cancellation, an exception in the consumer) sends `cancel` for it, so
+the talker stops working on it; the cancel send is awaited, so a refused send (zmq.Again) is consumed
+here and never logged as "Future exception was never retrieved". Also the voice names a front may ask
+for (`voice_names`, `resolve_voice`: voices_dir + [gateway] voice_aliases) and the model's languages.
 """
 from __future__ import annotations
 
@@ -40,77 +46,132 @@ class TalkerError(Exception):
         self.code, self.message = code, message
 
 
+class TalkerRequest:
+    """One request to the talker on its own DEALER. `sent`: the talker has it (cancel means something);
+    `finished`: the talker is done with it (its `done` or `error` came, or it was cancelled)."""
+
+    def __init__(self, link: "TalkerLink", rid: str | None = None):
+        self.link, self.endpoint = link, link.endpoint
+        self.id = rid or uuid.uuid4().hex
+        self.sent = self.finished = False
+        s = link.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)  # no peer: sends fail at once instead of queueing
+        s.connect(link.endpoint)
+        self.sock = s
+
+    async def send(self, frames, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TalkerError("not_running", f"the talker daemon does not answer at {self.endpoint} "
+                                                     "(is it running?)") from None
+                # IMMEDIATE: writable once the connection is up; wake then, not on a fixed sleep (a 10 ms
+                # sleep here was most of the gateway's addition to time to first audio)
+                await self.sock.poll(max(1, int(min(left, 0.1) * 1000)), zmq.POLLOUT)
+
+    async def synthesize(self, header: dict, arrays: dict | None = None) -> None:
+        """Send `synthesize` for this request's id (`header` without the id)."""
+        await self.send(protocol.encode("synthesize", arrays, id=self.id, **header))
+        self.sent = True
+
+    async def poll(self, timeout_ms: int) -> bool:
+        """True when a message can be read now or arrived within timeout_ms."""
+        return bool(await self.sock.poll(timeout_ms, zmq.POLLIN))
+
+    async def recv(self, timeout_s: float) -> protocol.Message:
+        """The next message on this socket, whatever it is."""
+        if not await self.poll(int(timeout_s * 1000)):
+            raise TalkerError("timeout", f"no answer from the talker daemon within {timeout_s:g} s")
+        try:
+            return protocol.decode(await self.sock.recv_multipart(), MAX_MESSAGE_BYTES)
+        except protocol.ProtocolError as e:
+            raise TalkerError("protocol", str(e)) from None
+
+    def _take(self, m: protocol.Message) -> protocol.Message | None:
+        if m.id != self.id:
+            return None
+        if m.type == "error":
+            self.finished = True  # the talker has forgotten it already
+            raise TalkerError(str(m.header.get("code", "internal")), str(m.header.get("message", "")))
+        if m.type == "done":
+            self.finished = True
+        return m
+
+    async def next(self, timeout_s: float) -> protocol.Message:
+        """The request's next message (accepted, progress, audio, done); its `error` raises TalkerError."""
+        while True:
+            m = self._take(await self.recv(timeout_s))
+            if m is not None:
+                return m
+
+    async def pending(self) -> list[protocol.Message]:
+        """The request's messages already received, without waiting (an `error` raises TalkerError)."""
+        out = []
+        while True:
+            try:  # NOBLOCK: a future done at once (zmq.Again when nothing is there)
+                frames = await self.sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                m = self._take(protocol.decode(frames, MAX_MESSAGE_BYTES))
+            except protocol.ProtocolError as e:
+                raise TalkerError("protocol", str(e)) from None
+            if m is not None:
+                out.append(m)
+
+    async def cancel(self) -> bool:
+        """Send `cancel` when the talker has the request and has not finished it; True if it was sent."""
+        if not self.sent or self.finished:
+            return False
+        self.finished = True
+        try:  # zmq.asyncio with NOBLOCK: a future done at once; awaiting it consumes its Again (if any)
+            await self.sock.send_multipart(protocol.encode("cancel", id=self.id), flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
 class TalkerLink:
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, request_timeout_s: float = 600.0):
         self.ctx, self.endpoint, self.request_timeout_s = ctx, endpoint, request_timeout_s
 
-    def _socket(self) -> zmq.asyncio.Socket:
-        s = self.ctx.socket(zmq.DEALER)
-        s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)  # no peer: sends fail at once instead of queueing
-        s.connect(self.endpoint)
-        return s
-
-    async def _send(self, sock, frames, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                await sock.send_multipart(frames, flags=zmq.NOBLOCK)
-                return
-            except zmq.Again:
-                if time.monotonic() > deadline:
-                    raise TalkerError("not_running", f"the talker daemon does not answer at {self.endpoint} "
-                                                     "(is it running?)") from None
-                await asyncio.sleep(0.01)
-
-    async def _recv(self, sock, timeout_s: float) -> protocol.Message:
-        if not await sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            raise TalkerError("timeout", f"no answer from the talker daemon within {timeout_s:g} s")
-        try:
-            return protocol.decode(await sock.recv_multipart(), MAX_MESSAGE_BYTES)
-        except protocol.ProtocolError as e:
-            raise TalkerError("protocol", str(e)) from None
+    def request(self) -> TalkerRequest:
+        return TalkerRequest(self)
 
     async def ping(self, timeout_s: float = CONNECT_TIMEOUT_S) -> dict:
-        sock = self._socket()
+        r = self.request()
         try:
-            await self._send(sock, protocol.encode("ping"), timeout_s)
-            return (await self._recv(sock, timeout_s)).header
+            await r.send(protocol.encode("ping"), timeout_s)
+            return (await r.recv(timeout_s)).header
         finally:
-            sock.close(0)
+            r.close()
 
     async def synthesize(self, header: dict, arrays: dict | None = None) -> AsyncIterator[protocol.Message]:
         """Send `synthesize` (header without the id: one is made here) and yield the request's `audio`
         messages and finally its `done`; `accepted` and `progress` are consumed here. Raises TalkerError."""
-        rid = uuid.uuid4().hex
-        sock = self._socket()
-        finished = True  # until it is sent there is nothing to cancel
+        r = self.request()
         try:
-            await self._send(sock, protocol.encode("synthesize", arrays, id=rid, **header), CONNECT_TIMEOUT_S)
-            finished = False
+            await r.synthesize(header, arrays)
             timeout = CONNECT_TIMEOUT_S  # the first answer (accepted or an error) comes at once
             while True:
-                m = await self._recv(sock, timeout)
+                m = await r.next(timeout)
                 timeout = self.request_timeout_s
-                if m.id != rid:
-                    continue
-                if m.type == "error":
-                    finished = True  # the talker has forgotten it already
-                    raise TalkerError(str(m.header.get("code", "internal")), str(m.header.get("message", "")))
                 if m.type in ("audio", "done"):
-                    if m.type == "done":
-                        finished = True
                     yield m
-                    if finished:
+                    if m.type == "done":
                         return
         finally:
-            if not finished:
-                try:  # zmq.asyncio: a future, done at once with NOBLOCK; its Again (if any) is consumed here
-                    f = sock.send_multipart(protocol.encode("cancel", id=rid), flags=zmq.NOBLOCK)
-                    f.add_done_callback(lambda f: f.cancelled() or f.exception())
-                except zmq.ZMQError:
-                    pass
-            sock.close(0)
+            await r.cancel()
+            r.close()
 
 
 def voice_names(cfg: Config) -> list[str]:

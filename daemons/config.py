@@ -17,7 +17,8 @@ Environment variables override the file:
     QWEN3_TTS_SAMPLING_<KEY>                           e.g. QWEN3_TTS_SAMPLING_TEMPERATURE=0.7
     QWEN3_TTS_LIMITS_<KEY>                             e.g. QWEN3_TTS_LIMITS_QUEUE_SIZE=16
     QWEN3_TTS_VOCODER_{BACKEND,NPU_CORE_MASK,RKNN_FILE} the vocoder backend (see VocoderBackend, docs/RKNN.md)
-    QWEN3_TTS_GATEWAY_{HOST,PORT,API_KEYS,MAX_INPUT_CHARS} the HTTP gateway (API_KEYS comma-separated)
+    QWEN3_TTS_GATEWAY_<KEY>                            the HTTP gateway, e.g. QWEN3_TTS_GATEWAY_ENCODER_IDLE_S=30
+                                                       (not voice_aliases; API_KEYS comma-separated)
 
 The runtime directory (where the default ipc:// sockets live; the launcher's pid files and logs too) is
 decided here and nowhere else (launch.sh asks `python -m daemons.config --runtime-dir`). First that applies:
@@ -145,6 +146,9 @@ class GatewayConfig:
     # (needs the zeroconf package)
     wyoming_uri: str = "tcp://127.0.0.1:10200"
     wyoming_zeroconf: bool = False
+    # POST /v1/audio/voices encodes in a child process (daemons/gateway/encoder_child.py) that holds the voice
+    # encoders; it exits after this many seconds without an upload (0: after every upload)
+    encoder_idle_s: float = 60.0
 
 
 def _wyoming_uri(value: Any, where: str) -> str:
@@ -180,6 +184,11 @@ def _gateway_value(key: str, value: Any, where: str, from_env: bool) -> Any:
         return _wyoming_uri(value, where)
     if key == "wyoming_zeroconf":
         return _as_bool(value, where, from_env)
+    if key == "encoder_idle_s":
+        v = _as_float(value, where, from_env)
+        if not 0 <= v <= 86400:
+            raise ConfigError(f"{where}: out of range: {v!r} (seconds in 0..86400; 0 = exit after every upload)")
+        return v
     if key in ("port", "max_input_chars"):
         v = _as_int(value, where, from_env)
         if not (0 < v < 65536 if key == "port" else v > 0):

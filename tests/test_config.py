@@ -305,6 +305,34 @@ def test_gateway_wyoming_uri_errors(home, value, pattern):
         load_config(env=env_for(home, QWEN3_TTS_GATEWAY_WYOMING_URI="tcp://host"))
 
 
+@pytest.mark.parametrize("value, expected", [("60", 60.0), ("0", 0.0), ("2.5", 2.5), ("86400", 86400.0)])
+def test_gateway_encoder_idle_s(home, value, expected):
+    assert C.GatewayConfig().encoder_idle_s == 60.0
+    write(Path.cwd() / "qwen3-tts.toml", f"[gateway]\nencoder_idle_s = {value}\n")
+    assert load_config(env=env_for(home)).gateway.encoder_idle_s == expected
+    assert load_config(env=env_for(home, QWEN3_TTS_GATEWAY_ENCODER_IDLE_S="7.5")).gateway.encoder_idle_s == 7.5
+
+
+@pytest.mark.parametrize("value, pattern", [
+    ("-1", r"gateway\.encoder_idle_s: out of range"),
+    ("86401", r"gateway\.encoder_idle_s: out of range"),
+    ("nan", r"gateway\.encoder_idle_s: expected a finite number"),
+    ("inf", r"gateway\.encoder_idle_s: expected a finite number"),
+    ('"60"', r"gateway\.encoder_idle_s: expected a number"),
+    ("true", r"gateway\.encoder_idle_s: expected a number"),
+])
+def test_gateway_encoder_idle_s_errors(home, value, pattern):
+    path = write(Path.cwd() / "qwen3-tts.toml", f"[gateway]\nencoder_idle_s = {value}\n")
+    with pytest.raises(ConfigError, match=pattern) as e:
+        load_config(env=env_for(home))
+    assert str(path) in str(e.value)
+    path.unlink()
+    with pytest.raises(ConfigError, match=r"QWEN3_TTS_GATEWAY_ENCODER_IDLE_S: expected a number"):
+        load_config(env=env_for(home, QWEN3_TTS_GATEWAY_ENCODER_IDLE_S="soon"))
+    with pytest.raises(ConfigError, match=r"QWEN3_TTS_GATEWAY_ENCODER_IDLE_S: out of range"):
+        load_config(env=env_for(home, QWEN3_TTS_GATEWAY_ENCODER_IDLE_S="-5"))
+
+
 def test_ipc_path_too_long(home):
     with pytest.raises(ConfigError, match="longer than 107 bytes"):
         load_config(env=env_for(home, QWEN3_TTS_RUNTIME_DIR="/tmp/" + "x" * 120))

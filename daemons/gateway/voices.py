@@ -8,14 +8,18 @@
                                        "mode","language","reference_frames"}
     DELETE /v1/audio/voices/{id}   -> {"id","object":"audio.voice.deleted","deleted":true}
 
-The gateway loads no model at start: the two voice encoders (speech tokenizer + speaker encoder, ONNX, the
-same `daemons.engine.voice.encode_voice` that `tts-client encode-voice` runs) are loaded on the first
-upload. Encoding runs in a worker thread (the event loop keeps serving speech), one upload at a time;
-at most MAX_WAITING more wait for their turn, further ones get 429. The voice is written atomically
-(Voice.save to a hidden name that does not end in .json, then a hard link to `<voices_dir>/<name>.json`,
-which fails instead of overwriting): an existing voice is never replaced (409; DELETE it first), and a
-failed upload writes nothing. The talker reads `<voices_dir>/<name>.json` on every request, so a new voice
-works at once and a deleted one is unknown at once, without a restart.
+The gateway loads no model: the two voice encoders (speech tokenizer + speaker encoder, ONNX, the same
+`daemons.engine.voice.encode_voice` that `tts-client encode-voice` runs) live in a child process
+(daemons/gateway/encoder_child.py, EncoderProcess below), started on the first upload, which loads them,
+encodes the uploads one at a time and exits after `[gateway] encoder_idle_s` without one, so the gateway
+itself stays at its idle RSS (the encoders are hundreds of MB at full size). The event loop keeps serving
+speech meanwhile; at most MAX_WAITING more uploads wait for their turn, further ones get 429. A child that
+dies mid-upload (killed, OOM) fails that upload with 503 voice_encoder_crashed; the next upload starts a
+new child. The voice is written atomically, by the gateway (Voice.save to a hidden name that does not end in
+.json, then a hard link to `<voices_dir>/<name>.json`, which fails instead of overwriting): an existing
+voice is never replaced (409; DELETE it first), and a failed upload writes nothing. The talker reads
+`<voices_dir>/<name>.json` on every request, so a new voice works at once and a deleted one is unknown at
+once, without a restart.
 """
 from __future__ import annotations
 
@@ -23,7 +27,9 @@ import asyncio
 import errno
 import logging
 import os
+import pickle
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +38,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .encoder_child import HEADER, MAX_FRAME
 from .http import ApiError
 
 log = logging.getLogger("qwen3_tts.gateway")
@@ -42,7 +49,9 @@ MAX_FIELD_BYTES = 64 * 1024            # name, transcript, language, consent, ty
 DRAIN_MAX = 64 * 1024 * 1024           # an oversized body is read (and dropped) up to this, so the client sees
                                        # the 413 instead of a reset while it is still sending
 MAX_WAITING = 4                        # uploads waiting for the encoder besides the one running
-ENCODER_THREADS = 2                    # onnxruntime threads of the voice encoders (the gateway is not pinned)
+ENCODER_THREADS = 2                    # onnxruntime (and OpenMP/BLAS) threads of the encoder child, at most one
+                                       # per CPU of the gateway's affinity, which the child inherits
+STOP_TIMEOUT_S = 5.0                   # an idle child asked to exit (stdin closed) is killed after this
 # A voice name: what daemons.engine.voice.NAME_RE allows (letters, digits, '.', '_', '-'; 1-64, first
 # letter or digit), matched as a whole string (no trailing newline).
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -53,12 +62,159 @@ def _bad(message: str, param: str | None, code: str = "invalid_value") -> ApiErr
     return ApiError(400, message, code, param)
 
 
+class EncoderCrashed(Exception):
+    def __init__(self, how: str):
+        super().__init__(how)
+        self.how = how
+
+
+def _exit_status(rc: int | None) -> str:
+    if rc is None:
+        return "did not exit"
+    if rc < 0:
+        try:
+            import signal
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+class EncoderProcess:
+    """The voice-encoder child (daemons/gateway/encoder_child.py): started on demand, one request at a time
+    over its stdin/stdout, asked to exit (stdin closed) after `idle_s` without a request; a new one is started
+    by the next request after it exited or crashed. `encode()` returns the child's reply tuple or raises
+    EncoderCrashed; a cancelled `encode()` kills the child (its reply would belong to nobody)."""
+
+    def __init__(self, model_dir, idle_s: float, threads: int):
+        self.model_dir = str(model_dir)
+        self.idle_s = float(idle_s)
+        self.threads = max(1, min(threads, len(os.sched_getaffinity(0))))
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lock = asyncio.Lock()
+        self.pending = 0                    # encode() calls waiting for the lock
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_task: asyncio.Task | None = None
+
+    @property
+    def pid(self) -> int | None:
+        p = self.proc
+        return p.pid if p is not None and p.returncode is None else None
+
+    async def _start(self) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        # the child imports the same daemons package as this process, wherever it came from
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "daemons.gateway.encoder_child", "--model-dir", self.model_dir,
+                "--threads", str(self.threads), "--parent", str(os.getpid()),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+        except OSError as e:
+            raise ApiError(503, f"voice cloning is not available on this server: cannot start the voice encoder "
+                                f"process ({e.strerror or e})", "voice_encoder_unavailable",
+                           type_="server_error") from None
+        log.info("voice encoder process %d started (%d threads, exits after %g s without an upload)", proc.pid,
+                 self.threads, self.idle_s)
+        return proc
+
+    async def _reap(self, proc, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            try:
+                return await asyncio.wait_for(proc.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                return None
+
+    def _kill(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.returncode is None:
+            try:
+                proc.kill()                 # asyncio's child watcher reaps it
+            except ProcessLookupError:
+                pass
+
+    async def encode(self, request: dict):
+        self.pending += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.pending -= 1
+        try:
+            self._disarm()
+            if self.proc is None or self.proc.returncode is not None:
+                self.proc = await self._start()
+            proc = self.proc
+            body = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                proc.stdin.write(HEADER.pack(len(body)) + body)
+                await proc.stdin.drain()
+                (n,) = HEADER.unpack(await proc.stdout.readexactly(HEADER.size))
+                if n > MAX_FRAME:
+                    raise ValueError(f"reply frame of {n} bytes")
+                reply = pickle.loads(await proc.stdout.readexactly(n))
+            except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
+                self.proc = None
+                how = _exit_status(await self._reap(proc))
+                log.error("voice encoder process %d died during an upload (%s)", proc.pid, how)
+                raise EncoderCrashed(how) from None
+            except asyncio.CancelledError:
+                log.warning("upload cancelled while encoding: voice encoder process %d killed", proc.pid)
+                self._kill()
+                raise
+            except Exception as e:  # noqa: BLE001 - a garbled reply: this child is not to be trusted again
+                log.error("voice encoder process %d: bad reply (%s); killed", proc.pid, e)
+                self._kill()
+                raise EncoderCrashed(f"bad reply: {e}") from None
+            return reply
+        finally:
+            self._arm()
+            self.lock.release()
+
+    # --- idle exit
+    def _disarm(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _arm(self) -> None:
+        self._disarm()
+        if self.proc is not None:
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(self.idle_s, self._idle_fired)
+
+    def _idle_fired(self) -> None:
+        self._idle_timer = None
+        self._idle_task = asyncio.ensure_future(self.stop_if_idle())
+
+    async def stop_if_idle(self) -> None:
+        if self.pending or self.lock.locked():
+            return                          # an upload is coming: it re-arms the timer when done
+        async with self.lock:
+            proc, self.proc = self.proc, None
+            if proc is None or proc.returncode is not None:
+                return
+            try:
+                proc.stdin.close()          # EOF: the child exits between requests
+            except OSError:
+                pass
+            rc = await self._reap(proc)
+            log.info("voice encoder process %d stopped after %g s idle (%s)", proc.pid, self.idle_s,
+                     _exit_status(rc))
+
+
 class VoiceUploads:
     def __init__(self, gw):
         self.gw = gw
         self.cfg = gw.cfg
-        self.encoder = None                 # daemons.engine.voice_encoder.VoiceEncoder, on the first upload
-        self.lock = asyncio.Lock()          # one encoding at a time
+        self.encoder = EncoderProcess(self.cfg.model_dir, self.cfg.gateway.encoder_idle_s, ENCODER_THREADS)
+        self.lock = asyncio.Lock()          # one upload (encoding + saving) at a time
         self.waiting = 0
 
     # --- helpers
@@ -142,27 +298,30 @@ class VoiceUploads:
         except Exception as e:  # noqa: BLE001 - any parser failure is the client's malformed body
             raise _bad(f"malformed multipart body: {e}", None, "invalid_request") from None
 
-    # --- work in the worker thread
-    def _encode(self, data: bytes, transcript: str | None, language: str):
-        from daemons.engine.errors import ModelError, TTSError
-        from daemons.engine.voice import encode_voice
-        from daemons.engine.voice_encoder import VoiceEncoder
-
+    # --- encoding in the child process; saving in a worker thread
+    async def _encode(self, data: bytes, transcript: str | None, language: str):
         try:
-            if self.encoder is None:
-                self.encoder = VoiceEncoder(self.cfg.model_dir, threads=ENCODER_THREADS).load()
-            return encode_voice(self.encoder.model, data, transcript, language, encoder=self.encoder)
-        except ModelError as e:
-            raise ApiError(503, f"voice cloning is not available on this server: {e.message}",
-                           "voice_encoder_unavailable", type_="server_error") from None
-        except TTSError as e:
-            msg = e.message
+            reply = await self.encoder.encode({"audio": data, "transcript": transcript, "language": language})
+        except EncoderCrashed as e:
+            raise ApiError(503, f"the voice encoder process failed while encoding this upload ({e.how}); "
+                                "nothing was saved, try again", "voice_encoder_crashed",
+                           type_="server_error") from None
+        kind = reply[0]
+        if kind == "ok":
+            return reply[1]
+        if kind == "model_error":
+            raise ApiError(503, f"voice cloning is not available on this server: {reply[1]}",
+                           "voice_encoder_unavailable", type_="server_error")
+        if kind == "tts_error":
+            msg, code = reply[1], reply[2]
             if msg.startswith("cannot read reference audio"):  # soundfile names its BytesIO: say what it was
                 msg = ("audio_sample is not a recording this server can read (wav, flac, ogg/opus, mp3, ...): "
                        + msg.rsplit(": ", 1)[-1])
             param = ("transcript" if msg.startswith("reference text") else
                      "language" if msg.startswith("unknown language") else "audio_sample")
-            raise _bad(msg, param, e.code) from None
+            raise _bad(msg, param, code)
+        raise ApiError(500, f"voice encoding failed: {reply[1] if len(reply) > 1 else reply}",
+                       "voice_encoder_error", type_="server_error")
 
     def _save(self, voice, d: Path, name: str) -> float:
         final = d / f"{name}.json"
@@ -227,7 +386,7 @@ class VoiceUploads:
             try:
                 async with self.lock:
                     t0 = time.monotonic()
-                    voice = await asyncio.to_thread(self._encode, data, transcript, language)
+                    voice = await self._encode(data, transcript, language)
                     created = await asyncio.to_thread(self._save, voice, d, name)
             finally:
                 self.waiting -= 1

@@ -13,6 +13,7 @@ request); it loads no model.
     GET  /health               the talker's pong (503 when it does not answer)
     GET  /metrics              Prometheus text
     GET  /                     the web page (daemons/gateway/web.py), GET /v1/info what it needs to know
+    GET  /api/v1/speak         WebSocket, the seed protocol (daemons/gateway/websocket.py); GET /api/v1/voices
 
 Every response_format streams as the talker's audio arrives (daemons/gateway/audio.py). Errors use
 OpenAI's envelope {"error":{"message","type","param","code"}}. Status codes: 400 bad input, 401 bad key,
@@ -45,7 +46,7 @@ from daemons.engine.pcm import to_int16
 
 from .audio import FORMATS, open_encoder
 from .talker_link import CONNECT_TIMEOUT_S, TalkerError, TalkerLink, TalkerRequest, voice_names
-from . import web
+from . import web, websocket
 
 log = logging.getLogger("qwen3_tts.gateway")
 MODEL_IDS = ("qwen3-tts", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -154,6 +155,7 @@ class Gateway:
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.metrics_text, methods=["GET"]),
             *web.routes(self),  # GET / (the web page), /static/*, /v1/info
+            *websocket.routes(self),  # GET /api/v1/speak (WebSocket, the seed protocol), /api/v1/voices
         ])
 
     # --- helpers

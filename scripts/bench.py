@@ -22,8 +22,11 @@ audio, daemon memory, and the official `qwen-tts` implementation side by side in
    config, one client request per run in streaming mode; RTF(w/a) = wall / audio seconds, time to first
    audio, playback stalls, peak RSS of every daemon (psutil, sampled) and their total.
 5. HTTP gateway: the three daemons + `qwen3-tts-daemon gateway`; per run the same seeded request through
-   the ZeroMQ client and streamed through `POST /v1/audio/speech` as pcm, mp3 and opus (order rotated):
-   time to the first audio byte, RTF(w/a), and the gateway's addition to both (paired per run); the
+   the ZeroMQ client, streamed through `POST /v1/audio/speech` as pcm, mp3 and opus, through the WebSocket
+   front (`/api/v1/speak`, one session, binary pcm16) and through Wyoming (one connection; Wyoming has no
+   seed, so its requests use `[sampling] seed`, the first run's seed; the same per-sentence frame cap)
+   (order rotated): time to the first audio byte, RTF(w/a), and each front's addition to both (paired per
+   run); the
    gateway's RSS idle, after the speech requests and after a voice upload (`POST /v1/audio/voices`, which
    loads the voice encoders into the gateway). `--model-dir` skips steps 1-2 and uses a converted model
    as it is (e.g. the tiny test model, for the gateway's overhead alone).
@@ -68,6 +71,9 @@ TARGETS = {
     "gateway_added_ttfa_ms": ("<=", 20.0),
     "gateway_added_rtf_pct": ("<=", 2.0),
     "gateway_rss_mb": ("<=", 120.0),
+    # issue 14: the WebSocket and Wyoming fronts
+    "websocket_added_ttfa_ms": ("<=", 20.0),
+    "wyoming_added_ttfa_ms": ("<=", 20.0),
 }
 
 
@@ -814,6 +820,7 @@ def _shutdown(la, roles, sampler) -> None:
 # --------------------------------------------------------------------------------------- HTTP gateway
 
 GATEWAY_FORMATS = ("pcm", "mp3", "opus")
+FRONTS = ("ws", "wyoming")   # the gateway's other fronts, measured next to HTTP
 
 
 def _free_port() -> int:
@@ -844,9 +851,18 @@ def bench_gateway(args, model_dir: Path) -> dict:
     (`POST /v1/audio/speech`, streamed with httpx) in one run on one set of daemons: time to the first
     audio byte and RTF(w/a) for pcm, mp3 and opus, the order rotated every run; then the gateway's RSS
     idle (before its first request), after the speech requests, and after a voice upload (5 s reference,
-    POST /v1/audio/voices: the voice encoders load on the first upload)."""
+    POST /v1/audio/voices: the voice encoders load on the first upload). The WebSocket front (one session,
+    `speak` with the same seed and max frames) and Wyoming (one connection, `synthesize`; no seed field:
+    the config's [sampling] seed = the first run's, [limits] max_frames = the same cap) in the same runs."""
+    import asyncio
+    import json
+
     import httpx
     import psutil
+    import websockets
+    from websockets.asyncio.client import connect as ws_connect
+    from wyoming.client import AsyncTcpClient
+    from wyoming.tts import Synthesize, SynthesizeVoice
 
     from client.api import TTSClient
     from daemons.launcher import Launcher
@@ -860,15 +876,17 @@ def bench_gateway(args, model_dir: Path) -> dict:
     voices.mkdir(exist_ok=True)
     for f in voices.glob("*.json"):
         f.unlink()
-    port = _free_port()
+    port, wport = _free_port(), _free_port()
     cfg = run_dir / "bench.toml"
     lines = [f'model_dir = "{model_dir.resolve()}"', f'runtime_dir = "{run_dir.resolve()}"',
              f'voices_dir = "{voices.resolve()}"', "",
-             "[limits]", f"max_frames = {max(2048, frames)}",
+             # the per-sentence cap every request asks for: Wyoming, which cannot ask, gets the same
+             "[limits]", f"max_frames = {frames}",
              f"chunk_frames = {args.chunk_frames}", f"first_chunk_frames = {args.first_chunk_frames}",
              "predictor_timeout_s = 60.0", "vocoder_timeout_s = 120.0", "request_timeout_s = 3600.0",
              "loop_frames = 0", "silence_frames = 0",
-             "", "[gateway]", f"port = {port}", 'wyoming_uri = ""']
+             "", "[sampling]", "seed = 3000",   # Wyoming's seed (no field for it): the first run's
+             "", "[gateway]", f"port = {port}", f'wyoming_uri = "tcp://127.0.0.1:{wport}"']
     for role, kv in role_overrides(args).items():
         lines.append(f"\n[{role}]")
         if "cpus" in kv:
@@ -884,7 +902,10 @@ def bench_gateway(args, model_dir: Path) -> dict:
     base = f"http://127.0.0.1:{port}"
     res: dict = {"config": cfg.read_text(), "frames_per_run": frames, "runs": args.runs, "text": TEXT,
                  "language": LANGUAGE, "formats": list(GATEWAY_FORMATS),
-                 "http_client": f"httpx {httpx.__version__}, TCP_NODELAY, keep-alive connection, streamed"}
+                 "http_client": f"httpx {httpx.__version__}, TCP_NODELAY, keep-alive connection, streamed",
+                 "websocket_client": f"websockets {websockets.__version__} (asyncio client, default options: "
+                                     "permessage-deflate as negotiated), one session, binary pcm16",
+                 "wyoming_client": "wyoming AsyncTcpClient, one connection, [sampling] seed 3000"}
     sampler = None
     try:
         for r in roles:
@@ -918,14 +939,69 @@ def bench_gateway(args, model_dir: Path) -> dict:
                     size += len(b)
             return {"ttfa_ms": first * 1e3, "wall_s": time.monotonic() - t0, "bytes": size}
 
+        loop = asyncio.new_event_loop()   # the WebSocket session and the Wyoming connection live on it
+
+        async def ws_open():
+            ws = await ws_connect(f"ws://127.0.0.1:{port}/api/v1/speak", max_size=None)
+            for m in (None, {"type": "start", "sampleRate": 24000, "encoding": "pcm16", "language": LANGUAGE}):
+                if m is not None:
+                    await ws.send(json.dumps(m))
+                got = json.loads(await ws.recv())
+                if got["type"] not in ("ready", "started"):
+                    raise RuntimeError(f"websocket: {got}")
+            return ws
+
+        async def ws_speak(seed: int, n: int) -> dict:
+            t0 = time.monotonic()
+            first, size = None, 0
+            await wsc.send(json.dumps({"type": "speak", "text": TEXT, "seed": seed, "maxFrames": n}))
+            while True:
+                m = await wsc.recv()
+                if isinstance(m, bytes):
+                    if m and first is None:
+                        first = time.monotonic() - t0
+                    size += len(m)
+                    continue
+                m = json.loads(m)
+                if m["type"] == "complete":
+                    return {"ttfa_ms": first * 1e3, "wall_s": time.monotonic() - t0, "bytes": size}
+                if m["type"] == "error":
+                    raise RuntimeError(f"websocket: {m}")
+
+        async def wy_open():
+            c = AsyncTcpClient("127.0.0.1", wport)
+            await c.connect()
+            return c
+
+        async def wy_speak() -> dict:
+            t0 = time.monotonic()
+            first, size = None, 0
+            await wyc.write_event(Synthesize(text=TEXT, voice=SynthesizeVoice(language=LANGUAGE)).event())
+            while True:
+                e = await wyc.read_event()
+                if e is None:
+                    raise RuntimeError("wyoming: connection closed")
+                if e.type == "audio-chunk" and e.payload:
+                    if first is None:
+                        first = time.monotonic() - t0
+                    size += len(e.payload)
+                elif e.type == "audio-stop":
+                    return {"ttfa_ms": first * 1e3, "wall_s": time.monotonic() - t0, "bytes": size}
+                elif e.type == "error":
+                    raise RuntimeError(f"wyoming: {e.data}")
+
+        wsc = loop.run_until_complete(ws_open())
+        wyc = loop.run_until_complete(wy_open())
         with TTSClient(ep, idle_timeout_s=600) as c:
             c.synthesize(TEXT, LANGUAGE, params={"seed": 1}, max_frames=8)    # warm-ups, not counted
             for fmt in GATEWAY_FORMATS:
                 http(fmt, 1, 8)
+            loop.run_until_complete(ws_speak(1, 8))
+            loop.run_until_complete(wy_speak())
             res["gateway_rss_after_warmup_mb"] = r1(gwp.memory_info().rss / 2 ** 20)
-            per = {k: [] for k in ("zmq", *GATEWAY_FORMATS)}
+            per = {k: [] for k in ("zmq", *GATEWAY_FORMATS, *FRONTS)}
             fl = ForeignLoad()
-            kinds = ["zmq", *GATEWAY_FORMATS]
+            kinds = ["zmq", *GATEWAY_FORMATS, *FRONTS]
             for run in range(args.runs):
                 seed = 3000 + run
                 order = kinds[run % len(kinds):] + kinds[:run % len(kinds)]
@@ -935,6 +1011,9 @@ def bench_gateway(args, model_dir: Path) -> dict:
                         z = c.synthesize(TEXT, LANGUAGE, params={"seed": seed}, max_frames=frames)
                         one = {"ttfa_ms": z.ttfa_s * 1e3, "wall_s": z.wall_s, "frames": z.frames}
                         audio_s = z.seconds
+                    elif k in FRONTS:
+                        one = loop.run_until_complete(ws_speak(seed, frames) if k == "ws" else wy_speak())
+                        audio_s = one["bytes"] / 2 / 24000
                     else:
                         one = http(k, seed, frames)
                         audio_s = one["bytes"] / 2 / 24000 if k == "pcm" else None
@@ -949,11 +1028,14 @@ def bench_gateway(args, model_dir: Path) -> dict:
                 log(f"gateway run {run + 1}/{args.runs}: " + ", ".join(
                     f"{k} ttfa {per[k][-1]['ttfa_ms']} ms rtf {per[k][-1]['rtf']}" for k in kinds))
             res["load"] = fl.done()
+        loop.run_until_complete(wsc.close())
+        loop.run_until_complete(wyc.disconnect())
+        loop.close()
         res["per_run"] = per
         out = {}
         z_ttfa, z_rtf = median([x["ttfa_ms"] for x in per["zmq"]]), median([x["rtf"] for x in per["zmq"]])
         out["zmq"] = {"ttfa_ms": r1(z_ttfa), "rtf": r1(z_rtf, 3)}
-        for k in GATEWAY_FORMATS:
+        for k in (*GATEWAY_FORMATS, *FRONTS):
             t, rt = median([x["ttfa_ms"] for x in per[k]]), median([x["rtf"] for x in per[k]])
             # paired per run (same seed, back to back): the gateway's addition
             d_ttfa = median([a["ttfa_ms"] - b["ttfa_ms"] for a, b in zip(per[k], per["zmq"])])
@@ -1072,6 +1154,9 @@ def summarise(res: dict) -> dict:
         s["gateway_added_ttfa_ms"] = max(gw["medians"][f]["added_ttfa_ms"] for f in GATEWAY_FORMATS)
         s["gateway_added_rtf_pct"] = max(gw["medians"][f]["added_rtf_pct"] for f in GATEWAY_FORMATS)
         s["gateway_rss_mb"] = gw["gateway_rss_peak_mb"]
+        if "ws" in gw["medians"]:
+            s["websocket_added_ttfa_ms"] = gw["medians"]["ws"]["added_ttfa_ms"]
+            s["wyoming_added_ttfa_ms"] = gw["medians"]["wyoming"]["added_ttfa_ms"]
     if e2e and off and "s_per_frame" in off:
         ours = e2e["wall_ms_per_frame"] / 1e3
         s["speedup_vs_official"] = r1(off["s_per_frame"] / ours, 1)
@@ -1134,6 +1219,14 @@ def print_table(res: dict) -> None:
             row(f"gateway {f} TTFA / RTF", g["ttfa_ms"], "ms", None,
                 f"RTF {g['rtf']}; added vs ZeroMQ (paired): TTFA {g['added_ttfa_ms']} ms, RTF {g['added_rtf_pct']} % "
                 f"(wall {g['added_wall_ms']} ms per {gw['frames_per_run']}-frame request)")
+        for f, name, key in (("ws", "WebSocket (pcm16)", "websocket_added_ttfa_ms"),
+                             ("wyoming", "Wyoming", "wyoming_added_ttfa_ms")):
+            if f in gw["medians"]:
+                g = gw["medians"][f]
+                row(f"{name} TTFA / RTF", g["ttfa_ms"], "ms", None,
+                    f"RTF {g['rtf']}; added RTF vs ZeroMQ (paired) {g['added_rtf_pct']} %"
+                    + ("; no seed in Wyoming: [sampling] seed 3000 every run" if f == "wyoming" else ""))
+                row(f"{name} added TTFA", s.get(key), "ms", key, "vs ZeroMQ, paired per run")
         row("gateway added TTFA (worst format)", s.get("gateway_added_ttfa_ms"), "ms", "gateway_added_ttfa_ms")
         row("gateway added RTF (worst format)", s.get("gateway_added_rtf_pct"), "%", "gateway_added_rtf_pct")
         row("gateway RSS", gw["gateway_rss_peak_mb"], "MB", "gateway_rss_mb",
@@ -1252,7 +1345,8 @@ def main(argv=None) -> int:
         log(f"e2e: RTF {res['e2e']['rtf']}, TTFA {res['e2e']['ttfa_ms']} ms, "
             f"RSS total {res['e2e']['rss_total_peak_serving_mb']} MB")
     if not a.skip_gateway:
-        log(f"gateway: {a.runs} x (ZeroMQ, {', '.join(GATEWAY_FORMATS)}) x {a.gateway_frames or a.frames} frames")
+        log(f"gateway: {a.runs} x (ZeroMQ, {', '.join(GATEWAY_FORMATS)}, WebSocket, Wyoming) x "
+            f"{a.gateway_frames or a.frames} frames")
         res["gateway"] = bench_gateway(a, model_dir)
     if not a.skip_official:
         log(f"official qwen-tts: {a.runs} x {a.official_frames} frames (generate + decode), {threads} threads")

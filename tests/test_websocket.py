@@ -283,15 +283,20 @@ def test_queue_order_and_priority(gw):
 
 
 def test_stop_and_closed_socket(gw):
-    """stop{reason} during a long speak: stopped{reason} once the talker has dropped it, then the server
-    closes (1000); a socket closed mid-speak cancels its request in the talker."""
+    """A session queues at most 32 speaks (more: RATE_LIMITED, recoverable); stop{reason} during a long speak:
+    stopped{reason} once the talker has dropped it (the queue is dropped), then the server closes (1000); a
+    socket closed mid-speak cancels its request in the talker."""
     wait_idle(gw)
 
     async def go():
         ws = await session(gw, seed=3)
         await send(ws, type="speak", text=LONG_TEXT, maxFrames=LONG)
-        await send(ws, type="speak", text=TEXT)                 # queued: dropped by the stop
-        assert isinstance(await recv(ws), bytes)
+        assert isinstance(await recv(ws), bytes)                # it runs: the next ones wait
+        for _ in range(33):                                     # 32 queued (dropped by the stop), 1 refused
+            await send(ws, type="speak", text=TEXT)
+        while isinstance(m := await recv(ws), bytes):
+            pass
+        assert m["type"] == "error" and m["code"] == "RATE_LIMITED" and m["recoverable"] is True, m
         await send(ws, type="stop", reason="done here")
         msgs = []
         while True:

@@ -89,17 +89,34 @@ class EmbeddingLM:
         self._mem = L.llama_get_memory(self.ctx)
         self.pos = 0  # next position == number of rows in the KV cache
         self.decode_calls = 0
+        self._views: dict[int, np.ndarray] = {}  # output buffer address -> numpy view (see _view)
 
     def reset(self, keep: int = 0) -> None:
         """Drop the KV cache from position `keep` on (0: empty)."""
         L.llama_memory_seq_rm(self._mem, 0, keep, -1)
         self.pos = keep
 
+    def _view(self, ptr, n: int) -> np.ndarray:
+        """A numpy view of n floats at a llama.cpp output pointer. np.ctypeslib.as_array builds a ctypes
+        array type per call (~40 µs); the output buffers move only when llama.cpp reallocates them, so the
+        views are kept per address."""
+        addr = ctypes.cast(ptr, ctypes.c_void_p).value
+        if not addr:
+            raise RuntimeError("llama.cpp returned no output row")
+        v = self._views.get(addr)
+        if v is None or v.shape[0] != n:
+            if len(self._views) > 64:
+                self._views.clear()
+            v = self._views[addr] = np.ctypeslib.as_array((ctypes.c_float * n).from_address(addr))
+        return v
+
     def decode(self, rows: np.ndarray, want_logits: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Append `rows` [n, n_embd] at the next positions; return (hidden, logits) of the last row.
         Returned arrays are copies (llama.cpp reuses its output buffers)."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         if rows.ndim == 1:
+            if rows.shape[0] == self.n_embd and self.pos < self.n_ctx:
+                return self.decode_row(rows, want_logits)
             rows = rows[None, :]
         n = rows.shape[0]
         if rows.shape[1] != self.n_embd:
@@ -126,11 +143,32 @@ class EmbeddingLM:
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed with code {rc}")
             self.pos += k
-        h = L.llama_get_embeddings_ith(self.ctx, -1)
-        hidden = np.ctypeslib.as_array(h, shape=(self.n_embd,)).copy()
-        if want_logits:
-            lg = L.llama_get_logits_ith(self.ctx, -1)
-            logits = np.ctypeslib.as_array(lg, shape=(self.n_vocab,)).copy()
+        return self._outputs(want_logits)
+
+    def decode_row(self, row: np.ndarray, want_logits: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """`decode` of one contiguous float32 row [n_embd] (the predictor's 14 single-row steps, every talker
+        step) without the general path's per-row Python loop: only the position changes between calls."""
+        if row.dtype != np.float32 or row.shape != (self.n_embd,) or not row.flags.c_contiguous:
+            raise ValueError(f"decode_row needs a contiguous float32 row of {self.n_embd}")
+        if self.pos >= self.n_ctx:
+            raise ValueError(f"context full: {self.pos} + 1 rows > n_ctx {self.n_ctx}")
+        b = self._batch
+        ctypes.memmove(b.embd, row.ctypes.data, row.nbytes)
+        b.pos[0] = self.pos
+        b.n_seq_id[0] = 1
+        b.seq_id[0][0] = 0
+        b.logits[0] = 1
+        b.n_tokens = 1
+        rc = L.llama_decode(self.ctx, b)
+        self.decode_calls += 1
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with code {rc}")
+        self.pos += 1
+        return self._outputs(want_logits)
+
+    def _outputs(self, want_logits: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        hidden = self._view(L.llama_get_embeddings_ith(self.ctx, -1), self.n_embd).copy()
+        logits = self._view(L.llama_get_logits_ith(self.ctx, -1), self.n_vocab).copy() if want_logits else None
         return hidden, logits
 
     def save_seq(self) -> bytes:

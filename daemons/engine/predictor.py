@@ -41,11 +41,18 @@ class PredictorEngine:
         codes = np.empty(self.n_groups, dtype=np.int64)
         codes[0] = c0
         for j in range(self.n_groups - 1):
-            codes[j + 1] = sample_sub(self.heads[j] @ h, params, rng)
+            codes[j + 1] = sample_sub(self._logits(j, h), params, rng)
             if j < self.n_groups - 2:  # the last table only feeds the talker, never the predictor
-                h, _ = self.lm.decode(self._in(self.tables[j][codes[j + 1]]), want_logits=False)
-        feedback = frame_embeddings(self.codec, self.tables, codes[None, :])[0]
-        return codes, feedback
+                row = self._in(self.tables[j][codes[j + 1]])
+                h, _ = self.lm.decode_row(np.asarray(row, dtype=np.float32), want_logits=False)
+        return codes, self._feedback(codes)
+
+    def _logits(self, j: int, h: np.ndarray) -> np.ndarray:
+        """Head j (codebook j + 1) on the predictor's hidden state: an fp32 [codebook_size, hidden] matvec."""
+        return self.heads[j] @ h
+
+    def _feedback(self, codes: np.ndarray) -> np.ndarray:
+        return frame_embeddings(self.codec, self.tables, codes[None, :])[0]
 
     def close(self) -> None:
         self.lm.close()

@@ -27,6 +27,12 @@ from .talker import DEFAULT_N_CTX, TalkerEngine
 from .voice import Voice
 
 DEFAULT_MAX_FRAMES = 2048  # 164 s of audio; the official wrapper's default max_new_tokens
+# The code predictor's 15 one-row decodes per frame pay llama.cpp's thread barriers ~60 times each: with 2
+# threads on a 2-core machine they stall whenever anything else runs (the vocoder, numpy's BLAS pool,
+# another process): 5.5x slower per frame than 1 thread with another job on the machine, 0.7x when the
+# predictor is alone on a quiet one (docs/PERFORMANCE.md, issue 15). In-process synthesis interleaves all
+# stages, so the predictor takes 1 thread unless told otherwise (RTF 1.94 vs 4.43 with 2, same run).
+DEFAULT_PREDICTOR_THREADS = 1
 
 
 def default_threads() -> int:
@@ -38,12 +44,15 @@ def default_threads() -> int:
 
 class Synthesizer:
     def __init__(self, model_dir, threads: int | None = None, n_ctx: int = DEFAULT_N_CTX, vocoder: bool = True,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, predictor_threads: int | None = None):
+        """`threads`: talker and vocoder (default: every usable CPU); `predictor_threads`: the code
+        predictor (default DEFAULT_PREDICTOR_THREADS)."""
         threads = threads or default_threads()
+        predictor_threads = predictor_threads or DEFAULT_PREDICTOR_THREADS
         self.md = ModelDir(model_dir)
         self.prompts = PromptBuilder(self.md)
         self.talker = TalkerEngine(self.md, threads=threads, n_ctx=n_ctx, prefix_cache=prefix_cache)
-        self.predictor = PredictorEngine(self.md, threads=threads)
+        self.predictor = PredictorEngine(self.md, threads=predictor_threads)
         self.vocoder = None
         if vocoder:
             from .vocoder import VocoderEngine
@@ -126,6 +135,16 @@ class Synthesizer:
         self.predictor.close()
 
 
+def _one_blas_thread() -> None:
+    """numpy's BLAS pool (the predictor heads' matvecs) would take every CPU and spin next to llama.cpp's
+    threads; the daemons size it with limit_thread_env, the CLI here with threadpoolctl when installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(1, user_api="blas")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="converted model directory")
 @click.option("--text", required=True, help="text to speak")
@@ -141,12 +160,17 @@ class Synthesizer:
 @click.option("--wav-out", type=click.Path(dir_okay=False), help="write 24 kHz audio (.wav)")
 @click.option("--chunk-frames", type=click.IntRange(1), default=4, show_default=True,
               help="vocoder chunk size in frames")
-@click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads (default: all usable)")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="talker and vocoder threads (default: all usable CPUs)")
+@click.option("--predictor-threads", type=click.IntRange(1), default=None,
+              help=f"code predictor threads (default {DEFAULT_PREDICTOR_THREADS}: more stall its one-row decodes)")
 def main(model_dir, text, language, greedy, seed, max_frames, non_streaming_text, xvector, voice, codes_out,
-         wav_out, chunk_frames, threads):
+         wav_out, chunk_frames, threads, predictor_threads):
     t0 = time.perf_counter()
+    _one_blas_thread()
     try:
-        syn = Synthesizer(model_dir, threads=threads, vocoder=wav_out is not None)
+        syn = Synthesizer(model_dir, threads=threads, vocoder=wav_out is not None,
+                          predictor_threads=predictor_threads)
         params = syn.sampling(seed=seed)
         if greedy:
             params.do_sample = params.sub_do_sample = False

@@ -15,6 +15,7 @@ from .errors import InvalidRequest, InvalidText, UnknownLanguage
 from .manifest import ModelDir
 
 MAX_TEXT_CHARS = 20000
+_TURN = "<|im_start|>"
 
 
 @dataclass
@@ -42,7 +43,13 @@ def frame_embeddings(codec_table: np.ndarray, pred_tables: np.ndarray, frames: n
 class PromptBuilder:
     def __init__(self, md: ModelDir):
         self.md = md
-        self.tok = Tokenizer.from_file(str(md.file(md.manifest["text"]["tokenizer"])))
+        path = str(md.file(md.manifest["text"]["tokenizer"]))
+        self.tok = Tokenizer.from_file(path)
+        # User text is text: in this one the special tokens' strings (<|im_end|>, <tts_pad>, ...) are plain
+        # characters, so no input can end the turn or reshape the prompt (the official wrapper tokenises them
+        # as control tokens). A separate instance: the flag is per tokenizer object.
+        self.plain = Tokenizer.from_file(path)
+        self.plain.encode_special_tokens = True
         self.sp = md.special
         self.hidden = md.talker["hidden_size"]
         self.text_vocab = md.manifest["text"]["vocab_size"]
@@ -67,7 +74,15 @@ class PromptBuilder:
         return self.md.languages[lang]
 
     def encode(self, text: str, template: str) -> list[int]:
-        return self.tok.encode(template.format(text), add_special_tokens=False).ids
+        """The ids of `template.format(text)` with the user text read as plain characters. The tokenizer
+        encodes the pieces between special tokens independently, so encoding <|im_start|> | the plain
+        piece "assistant\n" + text | the tail separately gives the official ids for every text that holds
+        no special token's string (tests/test_prompt_text.py checks it)."""
+        head, tail = template.split("{}")
+        assert head.startswith(_TURN) and _TURN not in head[len(_TURN):] and tail.startswith("<|im_end|>")
+        return (self.tok.encode(_TURN, add_special_tokens=False).ids
+                + self.plain.encode(head[len(_TURN):] + text, add_special_tokens=False).ids
+                + self.tok.encode(tail, add_special_tokens=False).ids)
 
     def text_ids(self, text: str) -> list[int]:
         """The target text's token ids, as `build` slices them out of the chat template."""

@@ -109,6 +109,8 @@ def browser(chrome, gw, tmp_path_factory):
     downloads = tmp_path_factory.mktemp("downloads")
     o = webdriver.ChromeOptions()
     o.binary_location = binary
+    # A profile of our own under pytest's tmp dir, so no /tmp/org.chromium.* directory outlives the run.
+    o.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
               "--autoplay-policy=no-user-gesture-required", "--window-size=1200,1000",
               "--no-first-run", "--disable-extensions", "--disable-background-networking"):

@@ -143,6 +143,13 @@ def test_hostile_voice_values_are_voice_errors(tmp_path):
     with pytest.raises(VoiceError, match="not a regular file"):
         Voice.load(tmp_path / "fifo.json")
     assert Voice.from_json(good).ref_codes.shape == (4, 16)
+    # A name is matched as a whole string: "anna\n" (which "$" would accept) names no file of voices_dir.
+    from daemons.engine.voice import find_voice
+    Voice.from_json(good).save(tmp_path / "anna.json")
+    assert find_voice("anna", tmp_path).name == "anna"
+    for name in ("anna\n", "anna\n\n", "\nanna", "anna/", "../anna", "", "a" * 65):
+        with pytest.raises(VoiceError, match="bad voice name"):
+            find_voice(name, tmp_path)
 
 def test_reference_audio_checks(tiny_model, tmp_path):
     from daemons.engine.errors import InvalidRequest

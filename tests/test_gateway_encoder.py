@@ -198,8 +198,8 @@ def test_gateway_sigterm_leaves_no_child(gw):
     if not encoder_children(gw):
         assert upload(gw, "warm2").status_code == 200
     child = the_child(gw)
-    # uvicorn (>= 0.29) re-raises the SIGTERM it handled once it has shut down: -15 is a clean stop too
-    assert gw.stop("gateway") in (0, -signal.SIGTERM)
+    # a clean stop: uvicorn re-raises the SIGTERM it handled, into the gateway's own no-op handler
+    assert gw.stop("gateway") == 0
     assert not (gw.run / "gateway.log").read_text().count("Traceback")
     wait_for(lambda: gone(child), "the encoder child outlived the gateway (SIGTERM)")
 

@@ -32,6 +32,7 @@ import hmac
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -391,6 +392,11 @@ async def serve(cfg: Config) -> int:
         wy = None
     server = uvicorn.Server(uvicorn.Config(gw.app, host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
                                            access_log=False, lifespan="off"))
+    # uvicorn restores the handlers it found and re-raises the SIGTERM/SIGINT it shut down on: with the default
+    # ones the process died right there (-15, or a KeyboardInterrupt traceback) before Wyoming and the ZeroMQ
+    # context were closed. Handlers that do nothing let that re-raise return, and the shutdown below finish.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():

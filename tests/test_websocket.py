@@ -154,6 +154,9 @@ def test_ready_start_speak_complete(gw, ref):
     async def go():
         async with await session(gw, seed=3, maxFrames=24) as ws:
             ready = ws.ready
+            # the client offers permessage-deflate; the gateway declines it (PCM does not compress: CPU only)
+            assert "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
+            assert ws.response.headers.get("Sec-WebSocket-Extensions") is None, ws.response.headers
             assert len(ready["sessionId"]) >= 16 and ready["voiceLoaded"] is True
             assert ready["capabilities"]["streaming"] is True and "english" in ready["capabilities"]["languages"]
             assert ws.started == {"type": "started", "sampleRate": 24000, "encoding": "pcm16", "voice": "default",

@@ -391,7 +391,9 @@ async def serve(cfg: Config) -> int:
         log.error("cannot serve Wyoming at %s (%s): the gateway runs without it", cfg.gateway.wyoming_uri, e)
         wy = None
     server = uvicorn.Server(uvicorn.Config(gw.app, host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
-                                           access_log=False, lifespan="off"))
+                                           access_log=False, lifespan="off",
+                                           # PCM barely compresses; deflating every WebSocket frame only costs CPU
+                                           ws_per_message_deflate=False))
     # uvicorn restores the handlers it found and re-raises the SIGTERM/SIGINT it shut down on: with the default
     # ones the process died right there (-15, or a KeyboardInterrupt traceback) before Wyoming and the ZeroMQ
     # context were closed. Handlers that do nothing let that re-raise return, and the shutdown below finish.

@@ -4,11 +4,22 @@
 the Cortex-A76 cores 4-7 and a smaller value for the Cortex-A55 cores 0-3), else by
 `cpufreq/cpuinfo_max_freq`, else returns one cluster (uniform machine, e.g. an x86 VM); biggest first.
 
-`plan_cpus()` picks a role's CPUs: explicit configuration wins; otherwise talker and predictor get the big
-cores and the vocoder gets the little cluster, where it least disturbs them (the talker and the predictor
-alternate on the same cores once per frame while the vocoder runs concurrently on audio chunks). With
-three or more clusters "big" is every cluster but the smallest. On a uniform machine every role gets
-every CPU. The plan is restricted to the CPUs the process may use (its affinity at start, e.g. a cpuset).
+`plan_cpus()` picks a role's CPUs: explicit configuration wins. Otherwise the roles get disjoint CPU sets
+(the talker and the predictor alternate on the same cores once per frame; the vocoder runs concurrently,
+and llama.cpp's spinning thread barriers stall badly when a busy thread preempts one of theirs). On a
+big.LITTLE board (docs/BOARD.md sections 4-5, RK3588: A55 0-3, A76 4-7):
+- vocoder on the NPU (`probe_vocoder_npu()`): talker and predictor on the big cores, the vocoder's small
+  CPU share (the split graph's head, partial chunks) on the little cluster;
+- fp32 vocoder on the CPU: the little cluster alone cannot keep up (~210 ms per 80 ms frame on 4x A55), so
+  it also gets the last core of the big cluster when that leaves the LLMs at least 3 big cores.
+With three or more clusters "big" is every cluster but the smallest. A uniform machine gives the vocoder
+a quarter of the CPUs and the LLMs the rest. The plan is restricted to the CPUs the process may use (its
+affinity at start, e.g. a cpuset).
+
+`probe_vocoder_npu()` guesses, cheaply and the same way in all three daemons, whether the vocoder daemon
+will run on the NPU: backend not "onnx", the .rknn file present, rknn-toolkit-lite2 installed (found, not
+imported: importing loads librknnrt) and an RKNPU device node. If the vocoder still falls back (the
+runtime fails to initialise), it runs on the little cluster, as planned for the NPU case, and says why.
 
 `apply_affinity()` pins every existing thread of the process (sched_setaffinity works per thread on
 Linux) and therefore every thread created afterwards, which inherits its creator's mask: llama.cpp's
@@ -19,18 +30,22 @@ takes effect for libraries loaded after it is called.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
 if TYPE_CHECKING:  # no runtime import: config imports nothing from here either
-    from .config import RoleConfig
+    from .config import Config, RoleConfig
 
 log = logging.getLogger("qwen3_tts.cpu")
 
 SYSFS_CPU = "/sys/devices/system/cpu"
+SYSFS_DRM = "/sys/class/drm"
+# Lend the CPU vocoder one big core only if the LLMs keep at least this many (docs/BOARD.md section 5).
+MIN_BIG_FOR_LLMS = 3
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _ROLES = ("talker", "predictor", "vocoder")
 
@@ -123,11 +138,62 @@ def detect_clusters(sysfs: str | os.PathLike = SYSFS_CPU) -> list[list[int]]:
     return [cpus]
 
 
+# ------------------------------------------------------------------------------------------- NPU probe
+
+class NpuProbe(NamedTuple):
+    usable: bool
+    reason: str
+
+
+def rknpu_device(dev: str | os.PathLike = "/dev", drm: str | os.PathLike = SYSFS_DRM) -> str | None:
+    """The RKNPU device node, if any: /dev/rknpu (the driver's DMA-heap build) or the DRM node whose driver
+    is RKNPU (its DRM-GEM build, e.g. renderD129), which librknnrt finds by enumerating /dev/dri."""
+    node = Path(dev) / "rknpu"
+    if node.exists():
+        return str(node)
+    for d in sorted(Path(drm).glob("*")):
+        try:
+            uevent = (d / "device" / "uevent").read_text()
+        except OSError:
+            continue
+        if any(line.strip().upper() == "DRIVER=RKNPU" for line in uevent.splitlines()):
+            return f"{d.name} (DRM, driver RKNPU)"
+    return None
+
+
+def _rknnlite_installed() -> bool:
+    try:
+        return importlib.util.find_spec("rknnlite") is not None  # the top-level package: nothing is executed
+    except (ImportError, ValueError):
+        return False
+
+
+def probe_vocoder_npu(cfg: "Config", dev: str | os.PathLike = "/dev",
+                      drm: str | os.PathLike = SYSFS_DRM) -> NpuProbe:
+    """Will the vocoder daemon run on the NPU? See the module docstring; `reason` is logged."""
+    b = cfg.vocoder_backend
+    if b.backend == "onnx":
+        return NpuProbe(False, 'vocoder backend = "onnx"')
+    rknn = Path(b.rknn_file)
+    if not rknn.is_absolute():
+        rknn = Path(cfg.model_dir) / rknn
+    if not rknn.is_file():
+        return NpuProbe(False, f"no RKNN model {rknn}")
+    if not _rknnlite_installed():
+        return NpuProbe(False, "rknn-toolkit-lite2 is not installed")
+    node = rknpu_device(dev, drm)
+    if node is None:
+        return NpuProbe(False, "no RKNPU device (/dev/rknpu or a DRM node with driver RKNPU)")
+    return NpuProbe(True, f"{rknn.name}, rknn-toolkit-lite2 and {node} present")
+
+
 # ------------------------------------------------------------------------------------------- planning
 
 def plan_cpus(role: str, role_cfg: "RoleConfig | None", clusters: list[list[int]],
-              allowed: Iterable[int] | None = None) -> tuple[list[int], str]:
-    """(CPUs, reason) for `role`. `allowed` defaults to the CPUs this process may run on now."""
+              allowed: Iterable[int] | None = None, *, vocoder_on_npu: bool = False) -> tuple[list[int], str]:
+    """(CPUs, reason) for `role`. `allowed` defaults to the CPUs this process may run on now.
+    `vocoder_on_npu`: the vocoder daemon is expected to run on the NPU (`probe_vocoder_npu`); every role's
+    plan depends on it, so all three daemons must be given the same answer."""
     if role not in _ROLES:
         raise ValueError(f"unknown role {role!r}")
     allowed_set = set(os.sched_getaffinity(0) if allowed is None else allowed)
@@ -164,14 +230,8 @@ def plan_cpus(role: str, role_cfg: "RoleConfig | None", clusters: list[list[int]
                 want = usable[:-k]
                 reason = (f"uniform machine: {len(want)} of {len(usable)} CPUs shared by talker and predictor, "
                           f"{format_cpu_list(usable[-k:])} left to the vocoder")
-    elif role == "vocoder":
-        want = clusters[-1]
-        reason = (f"little cluster {format_cpu_list(want)}: keeps the vocoder off the big cores of the talker "
-                  f"and predictor")
     else:
-        want = sorted(c for cl in clusters[:-1] for c in cl)
-        reason = (f"big cluster {format_cpu_list(want)} ({len(clusters)} clusters, little "
-                  f"{format_cpu_list(clusters[-1])} left to the vocoder)")
+        want, reason = _big_little_plan(role, clusters, vocoder_on_npu)
     cpus = sorted(set(want) & allowed_set)
     if not cpus:
         cpus = sorted(allowed_set)
@@ -179,6 +239,33 @@ def plan_cpus(role: str, role_cfg: "RoleConfig | None", clusters: list[list[int]
     elif len(cpus) < len(want):
         reason += f"; restricted to the process's CPUs {format_cpu_list(cpus)}"
     return cpus, reason
+
+
+def _big_little_plan(role: str, clusters: list[list[int]], vocoder_on_npu: bool) -> tuple[list[int], str]:
+    """docs/BOARD.md section 5. Predicted RTF(w/a) on an RK3588: NPU vocoder ~1.1-1.5 (generation-bound);
+    CPU vocoder on 4x A55 + 1x A76 ~1.6-2.1, where 4x A55 alone would be ~2.6 (vocoder-bound)."""
+    little = clusters[-1]
+    big = sorted(c for cl in clusters[:-1] for c in cl)
+    lent: list[int] = []
+    if not vocoder_on_npu and len(big) - 1 >= MIN_BIG_FOR_LLMS:
+        lent = [max(clusters[-2])]  # from the slowest big cluster: a prime core stays with the LLMs
+    llm = [c for c in big if c not in lent]
+    if vocoder_on_npu:
+        if role == "vocoder":
+            return little, (f"NPU vocoder: its CPU share (head of the split graph, partial chunks) on the little "
+                            f"cluster {format_cpu_list(little)}, the big cores {format_cpu_list(big)} left to "
+                            f"talker and predictor")
+        return llm, (f"big cluster {format_cpu_list(llm)}; the vocoder runs on the NPU (its CPU share on "
+                     f"{format_cpu_list(little)})")
+    if role == "vocoder":
+        if lent:
+            return sorted(little + lent), (f"CPU vocoder (no NPU): little cluster {format_cpu_list(little)} plus big "
+                                           f"CPU {format_cpu_list(lent)}; the little cores alone cannot keep up with "
+                                           f"the fp32 vocoder (docs/BOARD.md)")
+        return little, (f"CPU vocoder (no NPU): little cluster {format_cpu_list(little)}; only {len(big)} big "
+                        f"CPUs, none spared from talker and predictor")
+    return llm, (f"big cluster {format_cpu_list(llm)} for talker and predictor ({len(clusters)} clusters; CPU "
+                 f"vocoder (no NPU) on {format_cpu_list(sorted(little + lent))})")
 
 
 def thread_count(cpus: list[int], role_cfg: "RoleConfig | None") -> int:
@@ -234,10 +321,14 @@ class CpuPlan:
         return format_cpu_list(self.cpus)
 
 
-def pin_role(role: str, role_cfg: "RoleConfig | None", sysfs: str | os.PathLike = SYSFS_CPU) -> CpuPlan:
-    """Detect, plan, size the thread pools and pin this process; logs the decision."""
+def pin_role(role: str, role_cfg: "RoleConfig | None", sysfs: str | os.PathLike = SYSFS_CPU,
+             npu: NpuProbe | None = None) -> CpuPlan:
+    """Detect, plan, size the thread pools and pin this process; logs the decision. `npu`: the
+    `probe_vocoder_npu()` answer (None: the vocoder is planned on the CPUs)."""
     clusters = detect_clusters(sysfs)
-    cpus, reason = plan_cpus(role, role_cfg, clusters)
+    if npu is not None and len(clusters) > 1:
+        log.info("vocoder on the NPU: %s (%s)", "expected" if npu.usable else "no", npu.reason)
+    cpus, reason = plan_cpus(role, role_cfg, clusters, vocoder_on_npu=bool(npu and npu.usable))
     threads = thread_count(cpus, role_cfg)
     limit_thread_env(threads)
     n = apply_affinity(cpus)

@@ -30,7 +30,7 @@ def main(role, config_path, model_dir):
     import logging
     import os
 
-    from .cpu import pin_role
+    from .cpu import pin_role, probe_vocoder_npu
 
     logging.basicConfig(level=os.environ.get("QWEN3_TTS_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format=f"%(asctime)s {role}[%(process)d] %(levelname)s %(message)s")
@@ -38,7 +38,7 @@ def main(role, config_path, model_dir):
         from .gateway.http import run_gateway
         sys.exit(run_gateway(cfg))
     # Pin and size thread pools before numpy, llama.cpp or onnxruntime start theirs.
-    plan = pin_role(role, cfg.role(role))
+    plan = pin_role(role, cfg.role(role), npu=probe_vocoder_npu(cfg))  # the same answer in every daemon
     if role == "talker":
         from .talker_daemon import TalkerDaemon as D
     elif role == "predictor":

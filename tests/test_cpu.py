@@ -41,9 +41,9 @@ def fake_sysfs(root: Path, n: int, capacity: dict[int, int] | None = None, max_f
 
 
 def rk3588(root: Path) -> Path:
-    """RK3588 layout: Cortex-A55 0-3 (capacity 446 here, 1.8 GHz), Cortex-A76 4-5 and 6-7 (1024; two cpufreq policies,
+    """RK3588 layout: Cortex-A55 0-3 (capacity 414, 1.8 GHz), Cortex-A76 4-5 and 6-7 (1024; two cpufreq policies,
     binned to slightly different maximum clocks)."""
-    return fake_sysfs(root, 8, capacity={c: 446 if c < 4 else 1024 for c in range(8)},
+    return fake_sysfs(root, 8, capacity={c: 414 if c < 4 else 1024 for c in range(8)},
                       max_freq={c: 1800000 if c < 4 else (2400000 if c < 6 else 2256000) for c in range(8)},
                       online="0-7")
 
@@ -52,7 +52,7 @@ def test_big_little_by_capacity(tmp_path, caplog):
     caplog.set_level(logging.INFO, "qwen3_tts.cpu")
     clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
     assert clusters == [[4, 5, 6, 7], [0, 1, 2, 3]]   # capacity, not the per-policy clock, decides
-    assert "by cpu_capacity: 4-7 (1024), 0-3 (446)" in caplog.text
+    assert "by cpu_capacity: 4-7 (1024), 0-3 (414)" in caplog.text
 
 
 def test_big_little_by_cpufreq_only(tmp_path, caplog):
@@ -102,24 +102,63 @@ def test_real_sysfs_covers_this_machine():
     assert set(os.sched_getaffinity(0)) <= set(flat)
 
 
-def test_default_plans_on_big_little(tmp_path):
+def test_rk3588_plan_with_the_npu_vocoder(tmp_path):
+    """docs/BOARD.md section 5, plan A: the vocoder's small CPU share on the A55s, all four A76s for the LLMs."""
     clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
     for role in ("talker", "predictor"):
-        cpus, reason = cpu.plan_cpus(role, RoleConfig(), clusters, allowed=ALL8)
-        assert cpus == [4, 5, 6, 7] and "big cluster 4-7" in reason
-    cpus, reason = cpu.plan_cpus("vocoder", RoleConfig(), clusters, allowed=ALL8)
-    assert cpus == [0, 1, 2, 3] and "little cluster 0-3" in reason
+        cpus, reason = cpu.plan_cpus(role, RoleConfig(), clusters, allowed=ALL8, vocoder_on_npu=True)
+        assert cpus == [4, 5, 6, 7] and "big cluster 4-7" in reason and "NPU" in reason
+    cpus, reason = cpu.plan_cpus("vocoder", RoleConfig(), clusters, allowed=ALL8, vocoder_on_npu=True)
+    assert cpus == [0, 1, 2, 3] and reason.startswith("NPU vocoder") and "little cluster 0-3" in reason
+
+
+def test_rk3588_plan_with_the_cpu_vocoder(tmp_path):
+    """Plan B: 4x A55 cannot keep up with the fp32 vocoder, so it also gets the last A76; the LLMs keep three
+    A76s. Disjoint sets, and every CPU is used once."""
+    clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
+    plans = {}
+    for role in ("talker", "predictor", "vocoder"):
+        plans[role] = cpu.plan_cpus(role, RoleConfig(), clusters, allowed=ALL8)
+        assert cpu.plan_cpus(role, RoleConfig(), clusters, allowed=ALL8, vocoder_on_npu=False) == plans[role]
+    for role in ("talker", "predictor"):
+        cpus, reason = plans[role]
+        assert cpus == [4, 5, 6] and "big cluster 4-6" in reason and "CPU vocoder (no NPU) on 0-3,7" in reason
+    cpus, reason = plans["vocoder"]
+    assert cpus == [0, 1, 2, 3, 7]
+    assert reason.startswith("CPU vocoder (no NPU): little cluster 0-3 plus big CPU 7")
+    assert cpu.thread_count(cpus, RoleConfig()) == 5
+
+
+def test_six_core_two_big_keeps_both_for_the_llms(tmp_path):
+    """2 big + 4 little (e.g. RK3399: 2x A72 4-5, 4x A53 0-3): lending one of two big cores would halve the
+    LLMs, so with or without the NPU the vocoder has the little cluster."""
+    root = fake_sysfs(tmp_path / "cpu", 6, capacity={c: 485 if c < 4 else 1024 for c in range(6)}, online="0-5")
+    clusters = cpu.detect_clusters(root)
+    assert clusters == [[4, 5], [0, 1, 2, 3]]
+    for npu in (True, False):
+        for role in ("talker", "predictor"):
+            cpus, reason = cpu.plan_cpus(role, None, clusters, allowed=range(6), vocoder_on_npu=npu)
+            assert cpus == [4, 5] and "big cluster 4-5" in reason
+        cpus, reason = cpu.plan_cpus("vocoder", None, clusters, allowed=range(6), vocoder_on_npu=npu)
+        assert cpus == [0, 1, 2, 3] and "little cluster 0-3" in reason
+        assert ("NPU vocoder" in reason) == npu and (not npu) == ("only 2 big CPUs, none spared" in reason)
+
+
+def test_thread_counts():
     assert cpu.thread_count([4, 5, 6, 7], RoleConfig()) == 4
     assert cpu.thread_count([0, 1, 2, 3], RoleConfig(threads=2)) == 2
     assert cpu.thread_count([0, 1], None) == 2
     with pytest.raises(ValueError, match="unknown role"):
-        cpu.plan_cpus("client", RoleConfig(), clusters, allowed=ALL8)
+        cpu.plan_cpus("client", RoleConfig(), [[4, 5, 6, 7], [0, 1, 2, 3]], allowed=ALL8)
 
 
 def test_three_tier_big_is_all_but_the_smallest():
     clusters = [[7], [4, 5, 6], [0, 1, 2, 3]]       # prime + big + little
-    assert cpu.plan_cpus("talker", None, clusters, allowed=ALL8)[0] == [4, 5, 6, 7]
-    assert cpu.plan_cpus("vocoder", None, clusters, allowed=ALL8)[0] == [0, 1, 2, 3]
+    assert cpu.plan_cpus("talker", None, clusters, allowed=ALL8, vocoder_on_npu=True)[0] == [4, 5, 6, 7]
+    assert cpu.plan_cpus("vocoder", None, clusters, allowed=ALL8, vocoder_on_npu=True)[0] == [0, 1, 2, 3]
+    # the CPU vocoder borrows from the slowest big cluster, never the prime core
+    assert cpu.plan_cpus("talker", None, clusters, allowed=ALL8)[0] == [4, 5, 7]
+    assert cpu.plan_cpus("vocoder", None, clusters, allowed=ALL8)[0] == [0, 1, 2, 3, 6]
 
 
 def test_uniform_plan_splits_vocoder_from_the_llms():
@@ -135,10 +174,11 @@ def test_uniform_plan_splits_vocoder_from_the_llms():
 
 def test_explicit_config_wins(tmp_path, caplog):
     clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
-    cpus, reason = cpu.plan_cpus("vocoder", RoleConfig(cpus=[6, 7]), clusters, allowed=ALL8)
-    assert cpus == [6, 7] and reason == "configured cpus 6-7"
-    cpus, _ = cpu.plan_cpus("talker", RoleConfig(cpus=[0, 2]), clusters, allowed=ALL8)
-    assert cpus == [0, 2]
+    for npu in (True, False):
+        cpus, reason = cpu.plan_cpus("vocoder", RoleConfig(cpus=[6, 7]), clusters, allowed=ALL8, vocoder_on_npu=npu)
+        assert cpus == [6, 7] and reason == "configured cpus 6-7"
+        cpus, _ = cpu.plan_cpus("talker", RoleConfig(cpus=[0, 2]), clusters, allowed=ALL8, vocoder_on_npu=npu)
+        assert cpus == [0, 2]
     # CPUs the process may not use are dropped, loudly; none at all is an error
     caplog.set_level(logging.WARNING, "qwen3_tts.cpu")
     cpus, reason = cpu.plan_cpus("talker", RoleConfig(cpus=[2, 3, 4, 5]), clusters, allowed=range(4))
@@ -173,6 +213,69 @@ def test_limit_thread_env(monkeypatch):
     cpu.limit_thread_env(3)
     assert [os.environ[v] for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")] == ["3"] * 3
 
+
+
+def _npu_board(tmp_path: Path, monkeypatch, *, drm_driver: str | None = "RKNPU", dev_node: bool = False,
+               rknn: bool = True, lite: bool = True, backend: str = "auto"):
+    """A model directory, /dev and /sys/class/drm look-alikes for probe_vocoder_npu."""
+    from daemons.config import Config
+
+    md, dev, drm = tmp_path / "model", tmp_path / "dev", tmp_path / "drm"
+    for d in (md, dev, drm):
+        d.mkdir(parents=True)
+    if rknn:
+        (md / "vocoder.rknn").write_bytes(b"RKNN")
+    for node, driver in (("card0", "rockchip-drm"), ("renderD128", "rockchip-drm"), ("renderD129", drm_driver)):
+        if driver:
+            (drm / node / "device").mkdir(parents=True)
+            (drm / node / "device" / "uevent").write_text(f"DRIVER={driver}\nOF_NAME=npu\n")
+    if dev_node:
+        (dev / "rknpu").write_text("")
+    monkeypatch.setattr(cpu, "_rknnlite_installed", lambda: lite)
+    cfg = Config()
+    cfg.model_dir = md
+    cfg.vocoder_backend.backend = backend
+    return cpu.probe_vocoder_npu(cfg, dev=dev, drm=drm)
+
+
+def test_probe_vocoder_npu(tmp_path, monkeypatch):
+    p = _npu_board(tmp_path / "a", monkeypatch)                     # DRM-GEM driver: renderD129 is the NPU
+    assert p.usable and "renderD129 (DRM, driver RKNPU)" in p.reason
+    p = _npu_board(tmp_path / "b", monkeypatch, drm_driver=None, dev_node=True)   # DMA-heap build: /dev/rknpu
+    assert p.usable and p.reason.endswith("/dev/rknpu present")
+    assert _npu_board(tmp_path / "c", monkeypatch, backend="rknn").usable
+    for kw, why in ((dict(backend="onnx"), 'backend = "onnx"'), (dict(rknn=False), "no RKNN model"),
+                    (dict(lite=False), "rknn-toolkit-lite2 is not installed"),
+                    (dict(drm_driver=None), "no RKNPU device")):
+        p = _npu_board(tmp_path / f"n{len(why)}", monkeypatch, **kw)
+        assert not p.usable and why in p.reason, (kw, p)
+
+
+def test_probe_on_this_machine(tmp_path):
+    """The real look-ups (find_spec, /dev, /sys/class/drm), on a model directory with a .rknn file: this x86
+    machine has neither rknn-toolkit-lite2 nor an NPU."""
+    from daemons.config import Config
+
+    cfg = Config()
+    cfg.model_dir = tmp_path
+    (tmp_path / "vocoder.rknn").write_bytes(b"RKNN")
+    p = cpu.probe_vocoder_npu(cfg)
+    assert not p.usable and ("not installed" in p.reason or "no RKNPU device" in p.reason)
+
+
+def test_pin_role_logs_the_npu_probe(tmp_path, caplog, monkeypatch):
+    """pin_role plans with the probe's answer (here on a fake 2+2 tree; pinning itself is stubbed)."""
+    caplog.set_level(logging.INFO, "qwen3_tts.cpu")
+    root = fake_sysfs(tmp_path / "cpu", 4, capacity={0: 414, 1: 414, 2: 1024, 3: 1024}, online="0-3")
+    monkeypatch.setattr(cpu, "apply_affinity", lambda cpus: 1)
+    monkeypatch.setattr(cpu, "limit_thread_env", lambda n: None)
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    plan = cpu.pin_role("vocoder", None, sysfs=root, npu=cpu.NpuProbe(True, "test board"))
+    assert plan.cpus == [0, 1] and plan.reason.startswith("NPU vocoder")
+    assert "vocoder on the NPU: expected (test board)" in caplog.text
+    plan = cpu.pin_role("talker", None, sysfs=root, npu=cpu.NpuProbe(False, "no RKNN model x"))
+    assert plan.cpus == [2, 3] and "CPU vocoder (no NPU) on 0-1" in plan.reason
+    assert "vocoder on the NPU: no (no RKNN model x)" in caplog.text
 
 CHILD = r"""
 import json, logging, os, sys, threading
@@ -234,7 +337,7 @@ def test_pin_role_pins_every_thread(tmp_path):
         out, err = p.communicate("", timeout=10)
     assert p.returncode == 0, err
     assert "CPU clusters by cpu_capacity: 1 (1024), 0 (446)" in err
-    assert "vocoder: cpus 0 (little cluster 0: keeps the vocoder off the big cores" in err
+    assert "vocoder: cpus 0 (CPU vocoder (no NPU): little cluster 0; only 1 big CPUs" in err
     assert "1 compute threads; 4 existing threads pinned" in err     # main + the 3 started before
 
 

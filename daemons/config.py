@@ -11,6 +11,7 @@ No file at all is fine: every key has a default (see `qwen3-tts.example.toml`, w
 Environment variables override the file:
 
     QWEN3_TTS_MODEL_DIR, QWEN3_TTS_RUNTIME_DIR, QWEN3_TTS_VOICES_DIR
+    QWEN3_TTS_CACHE_DIR                                the persistent caches ("off" disables them)
     QWEN3_TTS_{TALKER,PREDICTOR,VOCODER}_ENDPOINT      any ZeroMQ endpoint (ipc://, tcp://, ...)
     QWEN3_TTS_{TALKER,PREDICTOR,VOCODER}_CPUS          "4-7", "0,2", "0-1,4-7" or "auto"
     QWEN3_TTS_{TALKER,PREDICTOR,VOCODER}_THREADS       a positive integer or "auto"
@@ -32,6 +33,11 @@ decided here and nowhere else (launch.sh asks `python -m daemons.config --runtim
      gateways) take the first of  $XDG_RUNTIME_DIR/qwen3-tts, /tmp/qwen3-tts-UID, /run/qwen3-tts
      where a talker answers at talker.sock (a live socket, in a directory that is ours and private; the
      systemd directory is trusted as root's), else the own directory of 3.
+
+The cache directory (persistent caches: the talker's prompt-prefix KV states in talker-prefix/, the
+vocoder's primed voice states in vocoder-contexts/; bounded by [limits] prefix_cache_mb, vocoder_cache_mb):
+QWEN3_TTS_CACHE_DIR, then `cache_dir` in the file ("" disables them), then $CACHE_DIRECTORY (systemd's
+CacheDirectory=qwen3-tts -> /var/cache/qwen3-tts), then $XDG_CACHE_HOME/qwen3-tts, else ~/.cache/qwen3-tts.
 
 So a bare `tts-client` finds a `launch.sh --daemon` started with or without XDG_RUNTIME_DIR (one's own
 daemons first), and the systemd services otherwise; nothing is ever looked up in another user's /tmp
@@ -106,6 +112,9 @@ class Limits:
     loop_frames: int = 36             # stop when the last N code-0 values repeat with period <= 8 (0: off)
     silence_frames: int = 30          # stop after N near-silent frames once the text is consumed (0: off)
     silence_rms: float = 0.003        # "near-silent": frame RMS below this (about -50 dBFS)
+    # persistent caches under cache_dir, least recently used files dropped beyond these sizes
+    prefix_cache_mb: float = 1024.0   # talker prompt-prefix KV states (full size: ~112 KiB per prompt row, f16)
+    vocoder_cache_mb: float = 256.0   # vocoder states primed with a voice's reference codes
 
 
 VOCODER_BACKENDS = ("auto", "onnx", "rknn")
@@ -232,6 +241,7 @@ class Config:
     sampling: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     voices_dir: Path | None = None
+    cache_dir: Path | None = None     # persistent caches; None: none (load_config picks the default)
     source: Path | None = None        # the TOML file that was read, None when none was found
     vocoder_backend: VocoderBackend = field(default_factory=VocoderBackend)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -244,7 +254,7 @@ class Config:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("model_dir", "runtime_dir", "voices_dir", "source"):
+        for k in ("model_dir", "runtime_dir", "voices_dir", "cache_dir", "source"):
             d[k] = None if d[k] is None else str(d[k])
         return d
 
@@ -414,6 +424,23 @@ def _vocoder_backend_value(key: str, value: Any, where: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- runtime dir
 
+def _cache_dir(doc: dict, env: Mapping[str, str], src: str, cwd: Path, home: str | None) -> Path | None:
+    """See the module docstring: explicit settings, then systemd's CacheDirectory=, then XDG."""
+    v = env.get("QWEN3_TTS_CACHE_DIR", "").strip()
+    if v:
+        return None if v.lower() in ("off", "none") else _as_path(v, "QWEN3_TTS_CACHE_DIR", cwd, home)
+    if "cache_dir" in doc:
+        v = doc["cache_dir"]
+        if v == "":
+            return None
+        return _as_path(v, f"{src}: cache_dir", cwd, home)
+    if env.get("CACHE_DIRECTORY"):
+        return Path(env["CACHE_DIRECTORY"].split(":")[0])
+    if env.get("XDG_CACHE_HOME", "").startswith("/"):  # a relative one is invalid (XDG spec): ignored
+        return Path(env["XDG_CACHE_HOME"]) / "qwen3-tts"
+    return Path(home) / ".cache" / "qwen3-tts" if home else None
+
+
 def own_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where daemons started without systemd (and without an explicit setting) put their sockets:
     $XDG_RUNTIME_DIR/qwen3-tts, else /tmp/qwen3-tts-UID."""
@@ -537,7 +564,8 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     doc = _read_toml(src_path) if src_path is not None else {}
     src = str(src_path) if src_path is not None else "<defaults>"
 
-    top = ("model_dir", "runtime_dir", "voices_dir", "endpoints", *ROLES, "sampling", "limits", "gateway")
+    top = ("model_dir", "runtime_dir", "voices_dir", "cache_dir", "endpoints", *ROLES, "sampling", "limits",
+           "gateway")
     _unknown(doc.keys(), top, src)
     cfg = Config(source=src_path)
 
@@ -550,6 +578,8 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         cfg.voices_dir = _as_path(doc["voices_dir"], f"{src}: voices_dir", cwd, home)
     if env.get("QWEN3_TTS_VOICES_DIR"):
         cfg.voices_dir = _as_path(env["QWEN3_TTS_VOICES_DIR"], "QWEN3_TTS_VOICES_DIR", cwd, home)
+
+    cfg.cache_dir = _cache_dir(doc, env, src, cwd, home)
 
     if env.get("QWEN3_TTS_RUNTIME_DIR"):
         cfg.runtime_dir = _as_path(env["QWEN3_TTS_RUNTIME_DIR"], "QWEN3_TTS_RUNTIME_DIR", cwd, home)

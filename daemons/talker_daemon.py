@@ -112,7 +112,10 @@ class TalkerDaemon(Service):
     def load(self) -> None:
         self.md = ModelDir(self.cfg.model_dir)
         self.prompts = PromptBuilder(self.md)
-        self.engine = TalkerEngine(self.md, threads=self.threads)
+        # prompt-prefix KV states persist in cache_dir/talker-prefix (checksummed files, engine/file_store.py)
+        cache = self.cfg.cache_dir / "talker-prefix" if self.cfg.cache_dir is not None else None
+        self.engine = TalkerEngine(self.md, threads=self.threads, cache_dir=cache,
+                                   cache_dir_bytes=int(self.limits.prefix_cache_mb * 2 ** 20), log=self.log)
         # [sampling]: server-side defaults over the model's generation_config, all of its keys (a client
         # may override only CLIENT_PARAMS; min_new_tokens is the server's alone)
         self.defaults = SamplingParams.from_generation_config(self.md.generation, **self.cfg.sampling)
@@ -145,6 +148,14 @@ class TalkerDaemon(Service):
     def status_line(self) -> str:
         return super().status_line() + f" queue={self.limits.queue_size}"
 
+    def cache_stats(self) -> dict:
+        """Prompt-prefix cache counters for the ping reply (disk hits: entries read back from cache_dir)."""
+        c = self.engine.cache
+        if c is None:
+            return {}
+        return {"prefix_hits": c.hits, "prefix_misses": c.misses, "prefix_disk_hits": c.disk_hits,
+                "prefix_cache_dir": str(c.dir) if c.dir is not None else None}
+
     # --- client messages -------------------------------------------------------------------------
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -157,7 +168,7 @@ class TalkerDaemon(Service):
         if msg.type == "ping":
             self.send_client(ident, protocol.encode("pong", role=self.role, ready=True, queue=self.queued(),
                                                     active=self.active is not None,
-                                                    languages=sorted(self.md.languages)))
+                                                    languages=sorted(self.md.languages), **self.cache_stats()))
             return
         if msg.type == "cancel":
             req = self.requests.get((ident, rid))  # a client can cancel its own requests only

@@ -9,6 +9,7 @@ close, reset, advance or evict another's stream; the socket file is 0600 (only t
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections import Counter, OrderedDict
 
@@ -16,6 +17,7 @@ import numpy as np
 import zmq
 
 from . import protocol
+from .engine.file_store import FileStore
 from .engine.manifest import ModelDir
 from .engine.voice import Voice, VoiceError
 from .service import WORKER_RCVHWM, WorkerService, describe
@@ -51,6 +53,8 @@ class VocoderDaemon(WorkerService):
         # first one is worked on next (`prime` messages go first, voices_dir's idle jobs after them)
         self.jobs: OrderedDict[str, list] = OrderedDict()
         self.context_hits = self.context_misses = self.primed_idle = 0
+        self.context_disk_hits = 0  # primed states read back from cache_dir instead of priming again
+        self.store = self._open_store()
         self._voices_seen: dict = {}
         self._next_scan = 0.0
         self.sock = self.bind_router(self.cfg.endpoints["vocoder"], private=True, rcvhwm=WORKER_RCVHWM)
@@ -59,8 +63,12 @@ class VocoderDaemon(WorkerService):
         self.engine.new_stream().decode(np.zeros((2, 16), dtype=np.int64))
 
     def pong(self) -> dict:
+        """Counters of the primed states in memory (hits, misses); context_disk_hits: misses that were read
+        back from cache_dir instead of being primed again."""
         return {"streams": len(self.streams), "contexts": len(self.contexts), "context_hits": self.context_hits,
-                "context_misses": self.context_misses, "primed_idle": self.primed_idle}
+                "context_misses": self.context_misses, "primed_idle": self.primed_idle,
+                "context_disk_hits": self.context_disk_hits,
+                "context_cache_dir": str(self.store.dir) if self.store and self.store.enabled else None}
 
     def status_line(self) -> str:
         return super().status_line() + f" backend={getattr(self.engine, 'backend', 'onnx')}"
@@ -104,6 +112,7 @@ class VocoderDaemon(WorkerService):
         del self.jobs[key]
         if key not in self.contexts:
             self.remember_context(key, job[0])
+            self._save_context(key, job[0])
             if job[3]:
                 self.primed_idle += 1
                 self.log.info("primed the vocoder with voice reference %s (%d frames) while idle", key[:12],
@@ -151,14 +160,59 @@ class VocoderDaemon(WorkerService):
                 self.log.warning("voice %r not primed: %s", path.name, describe(e))
                 continue
             key = self._context_key(codes)
-            if key not in self.contexts:
-                self._add_job(key, codes, idle=True)
-                return
+            if key in self.contexts or key in self.jobs:
+                continue
+            if self._load_context(key) is not None:  # primed before a restart: read back, not primed again
+                self.log.info("vocoder state for voice reference %s (%s) read from the cache", key[:12], path.name)
+                if len(self.contexts) >= MAX_CONTEXTS:
+                    return
+                continue
+            self._add_job(key, codes, idle=True)
+            return
         self._next_scan = time.monotonic() + VOICES_RESCAN_S
 
     @staticmethod
     def _context_key(codes) -> str:
         return hashlib.sha256(np.ascontiguousarray(codes, dtype=np.int64).tobytes()).hexdigest()
+
+    # --- primed states on disk (cache_dir/vocoder-contexts: checksummed files, engine/file_store.py) ------
+    def _open_store(self) -> FileStore | None:
+        if self.cfg.cache_dir is None:
+            return None
+        # a state is only valid for this vocoder: the model file's hash, its state layout, the backend
+        # (the NPU computes slightly different numbers than onnxruntime) and, for RKNN, its model file
+        ident = {"onnx": self.md.manifest["files"].get(self.md.vocoder["onnx"], self.md.vocoder["onnx"]),
+                 "spec": self.md.vocoder, "backend": getattr(self.engine, "backend", "onnx")}
+        rknn = getattr(self.engine, "path", None) if ident["backend"] == "rknn" else None
+        if rknn is not None:
+            st = rknn.stat()
+            ident["rknn"] = [rknn.name, st.st_size, st.st_mtime_ns]
+        return FileStore(self.cfg.cache_dir / "vocoder-contexts", json.dumps(ident, sort_keys=True), ".state",
+                         int(self.limits.vocoder_cache_mb * 2 ** 20), self.log)
+
+    def _save_context(self, key: str, primed) -> None:
+        if self.store is not None:
+            states = primed.get_state()
+            self.store.put(key, np.int64(primed.frames).tobytes() + b"".join(s.tobytes() for s in states))
+
+    def _load_context(self, key: str):
+        """The primed stream stored for `key` (then kept in memory), or None."""
+        data = self.store.get(key) if self.store is not None else None
+        if data is None:
+            return None
+        layout = self.engine.initial_state()
+        if len(data) != 8 + sum(s.nbytes for s in layout):  # checksummed, so only a layout the key missed
+            self.log.warning("cached vocoder state %s ignored: its size does not match the model's state", key[:12])
+            return None
+        states, at = [], 8
+        for s in layout:
+            states.append(np.frombuffer(data, s.dtype, s.size, at).reshape(s.shape))
+            at += s.nbytes
+        stream = self.engine.new_stream()
+        stream.set_state(states, int(np.frombuffer(data, np.int64, 1)[0]))
+        self.context_disk_hits += 1
+        self.remember_context(key, stream)
+        return stream
 
     def remember_context(self, key: str, primed) -> None:
         """Keep a primed stream as the most recent, dropping the least recently used beyond MAX_CONTEXTS."""
@@ -183,6 +237,9 @@ class VocoderDaemon(WorkerService):
             self.context_hits += 1
             self.contexts.move_to_end(key)
             return
+        if key not in self.jobs and self._load_context(key) is not None:
+            self.context_misses += 1  # not in memory (the counters are the memory's), but not primed again
+            return
         job = self.jobs.get(key)
         if job is None or job[3]:  # not primed, nor announced before: a miss (seq 0 will find it under way)
             self.context_misses += 1
@@ -196,7 +253,11 @@ class VocoderDaemon(WorkerService):
         the primed state is kept per reference. Priming still needed is done now, DECODE_STEP_FRAMES at a time."""
         key = self._context_key(ctx)
         primed = self.contexts.get(key)
-        if primed is None:
+        if primed is not None:
+            self.context_hits += 1
+        elif key not in self.jobs and (primed := self._load_context(key)) is not None:
+            self.context_misses += 1  # read back from cache_dir (context_disk_hits): not primed again
+        else:
             job = self.jobs.pop(key, None)
             if job is None or job[3]:
                 self.context_misses += 1
@@ -208,8 +269,7 @@ class VocoderDaemon(WorkerService):
                 self._advance(job, DECODE_STEP_FRAMES)
                 self.notifier.watchdog()  # a long reference at full size takes seconds per step: not hung
             primed = job[0]
-        else:
-            self.context_hits += 1
+            self._save_context(key, primed)
         self.remember_context(key, primed)
         return primed.clone()
 

@@ -1,8 +1,11 @@
 """Shared fixtures: one tiny random-weight checkpoint (official classes) and its f32 conversion per session."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Daemons started with our environment (launch.sh in test_launch, ...) keep their persistent caches here,
+# never in the user's ~/.cache/qwen3-tts; start_cluster gives each cluster its own under its tmp dir.
+os.environ["QWEN3_TTS_CACHE_DIR"] = tempfile.mkdtemp(prefix="qwen3-tts-test-cache-")
+atexit.register(shutil.rmtree, os.environ["QWEN3_TTS_CACHE_DIR"], True)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +72,8 @@ def start_cluster(model: Path, tmp: Path, *, top: str = "", limits: str = "", se
     """Start real daemons (default: talker, predictor, vocoder) on `model` with a private config in `tmp`:
     `top` goes before `[limits]` (keys like voices_dir), `limits` into it, `sections` after it (whole
     sections such as "[sampling]\\n..." or "[gateway]\\n..."). The environment is ours minus every
-    QWEN3_TTS_* variable, so nothing from the caller's shell leaks in. Returns the Launcher with `run`,
+    QWEN3_TTS_* variable, so nothing from the caller's shell leaks in; the persistent caches default to
+    `tmp`/xdg-cache/qwen3-tts (a `cache_dir` in `top` sets another). Returns the Launcher with `run`,
     `endpoint` (the talker's), `roles` and `cfg` set; stop it with stop_cluster(). If a daemon does not
     come up, the ones started are stopped before the error propagates."""
     from daemons.launcher import ROLES, Launcher
@@ -75,7 +83,7 @@ def start_cluster(model: Path, tmp: Path, *, top: str = "", limits: str = "", se
     cfg = tmp / "qwen3-tts.toml"
     cfg.write_text(f'model_dir = "{model}"\nruntime_dir = "{run}"\n{top}[limits]\n{limits}{sections}')
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
-    env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT))
+    env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT), XDG_CACHE_HOME=str(tmp / "xdg-cache"))
     kw = {} if watchdog_usec is None else {"watchdog_usec": watchdog_usec}
     la = Launcher(run, env=env, **kw)
     la.run, la.cfg, la.roles = run, cfg, roles

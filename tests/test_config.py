@@ -371,7 +371,7 @@ def test_example_file_documents_every_key_with_its_default(home):
     full = write(Path.cwd() / "uncommented.toml", "\n".join(out) + "\n")
     cfg = load_config(full, env=env_for(home))
 
-    documented = {"model_dir", "runtime_dir", "voices_dir"}
+    documented = {"model_dir", "runtime_dir", "voices_dir", "cache_dir"}
     documented |= {f"endpoints.{r}" for r in C.ROLES}
     documented |= {f"{r}.{k}" for r in C.ROLES for k in ("cpus", "threads")}
     documented |= {f"sampling.{k}" for k in C._SAMPLING_KEYS}
@@ -385,6 +385,7 @@ def test_example_file_documents_every_key_with_its_default(home):
     # scripts/install-systemd.sh uncomments), not with the computed default
     assert cfg.runtime_dir == Path("/run/qwen3-tts")
     assert cfg.endpoints == {r: f"ipc:///run/qwen3-tts/{r}.sock" for r in C.ROLES}
+    assert cfg.cache_dir == Path("/var/cache/qwen3-tts")  # systemd's CacheDirectory=
     assert cfg.roles == default.roles
     assert cfg.limits == default.limits
     sp = SamplingParams()

@@ -1,30 +1,37 @@
 """Cached talker prompt prefixes: the llama.cpp KV state after the rows of a prompt that do not depend on
 the text (the head with language and voice, and the reference transcript of an in-context voice), so a
-repeated voice skips that part of its prefill. Keyed by a hash of the prefix rows themselves, so a changed
-voice, language or model can never hit a stale entry. Memory LRU, optionally backed by a directory that
-survives restarts."""
+repeated voice skips that part of its prefill. Keyed by a hash of the namespace (the talker GGUF's content
+hash and the KV type) and the prefix rows themselves, so a changed voice, language or model can never hit a
+stale entry. Memory LRU, optionally backed by a directory that survives restarts (`file_store.FileStore`:
+checksummed, atomic, bounded; a damaged file is never handed to llama.cpp)."""
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from .file_store import FileStore
+
+SUFFIX = ".kv"
+
 
 class PrefixCache:
     def __init__(self, namespace: str, max_bytes: int = 256 << 20, directory: str | Path | None = None,
-                 max_dir_bytes: int = 1 << 30):
+                 max_dir_bytes: int = 1 << 30, log: logging.Logger | None = None):
         self.namespace = namespace.encode()
         self.max_bytes, self.max_dir_bytes = max_bytes, max_dir_bytes
-        self.dir = Path(directory) if directory else None
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
+        self.store = FileStore(directory, namespace, SUFFIX, max_dir_bytes, log) if directory else None
         self._mem: OrderedDict[str, bytes] = OrderedDict()
         self.memory_bytes = 0
         self.hits = self.misses = self.rows_skipped = 0
+        self.disk_hits = 0  # entries read back from the directory (e.g. the first use after a restart)
+
+    @property
+    def dir(self) -> Path | None:
+        return self.store.dir if self.store is not None else None
 
     def key(self, rows: np.ndarray) -> str:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
@@ -38,18 +45,17 @@ class PrefixCache:
         if data is not None:
             self._mem.move_to_end(key)
             return data
-        if self.dir is not None:
-            try:
-                data = (self.dir / f"{key}.kv").read_bytes()
-            except OSError:
-                return None
-            self._remember(key, data)
+        if self.store is not None:
+            data = self.store.get(key)
+            if data is not None:
+                self.disk_hits += 1
+                self._remember(key, data)
         return data
 
     def put(self, key: str, data: bytes) -> None:
         self._remember(key, data)
-        if self.dir is not None:
-            self._write(key, data)
+        if self.store is not None:
+            self.store.put(key, data)
 
     def _remember(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:
@@ -60,18 +66,3 @@ class PrefixCache:
         self.memory_bytes += len(data)
         while self.memory_bytes > self.max_bytes:
             self.memory_bytes -= len(self._mem.popitem(last=False)[1])
-
-    def _write(self, key: str, data: bytes) -> None:
-        try:  # atomic: a crash never leaves a truncated state file behind
-            fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".kv-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.dir / f"{key}.kv")
-            files = sorted(self.dir.glob("*.kv"), key=lambda p: p.stat().st_mtime)
-            total = sum(p.stat().st_size for p in files)
-            while files and total > self.max_dir_bytes:  # oldest first
-                p = files.pop(0)
-                total -= p.stat().st_size
-                p.unlink(missing_ok=True)
-        except OSError:
-            pass  # a cache that cannot write is only slower

@@ -24,7 +24,8 @@ def kv_type_for(md: ModelDir) -> str:
 
 class TalkerEngine:
     def __init__(self, md: ModelDir, threads: int, n_ctx: int = DEFAULT_N_CTX, prefix_cache: bool = True,
-                 cache_dir=None, cache_bytes: int = 256 << 20, kv_type: str | None = None):
+                 cache_dir=None, cache_bytes: int = 256 << 20, kv_type: str | None = None,
+                 cache_dir_bytes: int = 1 << 30, log=None):
         self.md = md
         gguf = md.talker["gguf"]
         kv_type = kv_type or kv_type_for(md)
@@ -34,7 +35,7 @@ class TalkerEngine:
             raise ValueError(f"talker GGUF ({self.lm.n_vocab} x {self.lm.n_embd}) does not match the manifest")
         # the state blob is only valid for this exact model and KV layout
         ns = f"{md.manifest['files'].get(gguf, gguf)}:kv-{kv_type}"
-        self.cache = PrefixCache(ns, cache_bytes, cache_dir) if prefix_cache else None
+        self.cache = PrefixCache(ns, cache_bytes, cache_dir, cache_dir_bytes, log) if prefix_cache else None
         self.prefill_rows = 0  # rows actually run through the model by prefill()
 
     @property

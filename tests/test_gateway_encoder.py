@@ -44,13 +44,13 @@ def wav_bytes(seconds: float = 3.0, sr: int = 24000, seed: int = 0) -> bytes:
     return b.getvalue()
 
 
-def start_gateway(tiny_model, tmp: Path, idle_s: float):
+def start_gateway(tiny_model, tmp: Path, idle_s: float, limits: str = ""):
     voices = tmp / "voices"
     voices.mkdir()
     port = free_port()
     la = start_cluster(tiny_model, tmp, top=f'voices_dir = "{voices}"\n', roles=("gateway",),
                        sections=f'[gateway]\nport = {port}\napi_keys = ["{KEY}"]\nwyoming_uri = ""\n'
-                                f'encoder_idle_s = {idle_s}\n')
+                                f'encoder_idle_s = {idle_s}\n', limits=limits)
     la.base = f"http://127.0.0.1:{port}"
     la.voices = voices
     la.proc = psutil.Process(la.procs["gateway"].pid)
@@ -202,6 +202,30 @@ def test_gateway_sigterm_leaves_no_child(gw):
     assert gw.stop("gateway") == 0
     assert not (gw.run / "gateway.log").read_text().count("Traceback")
     wait_for(lambda: gone(child), "the encoder child outlived the gateway (SIGTERM)")
+
+
+def test_hung_child_times_out(tiny_model, tmp_path):
+    """A child that never answers (SIGSTOPped while it holds an upload) costs that upload request_timeout_s
+    and a 504 "timeout", not a request held forever; the child is killed, and the next upload works in a new one."""
+    la = start_gateway(tiny_model, tmp_path, 600, limits="request_timeout_s = 20\n")
+    try:
+        assert upload(la, "one").status_code == 200
+        child = the_child(la)
+        snap = snapshot(la.voices)
+        os.kill(child.pid, signal.SIGSTOP)
+        r = upload(la, "two")
+        assert r.status_code == 504, r.text
+        err = r.json()["error"]
+        assert err["code"] == "timeout" and "no reply within 20 s" in err["message"], err
+        assert snapshot(la.voices) == snap
+        wait_for(lambda: gone(child), "the hung child was not killed")
+        assert upload(la, "three").status_code == 200
+        assert the_child(la).pid != child.pid
+        log = (la.run / "gateway.log").read_text()
+        assert f"voice encoder process {child.pid}: no reply within 20 s; killed" in log
+        assert "Traceback" not in log, log[-3000:]
+    finally:
+        stop_cluster(la)
 
 
 def test_idle_child_exits(tiny_model, tmp_path):

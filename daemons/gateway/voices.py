@@ -68,6 +68,10 @@ class EncoderCrashed(Exception):
         self.how = how
 
 
+class EncoderHung(EncoderCrashed):
+    """No reply within the request timeout (e.g. a SIGSTOPped child): the child was killed."""
+
+
 def _exit_status(rc: int | None) -> str:
     if rc is None:
         return "did not exit"
@@ -86,9 +90,10 @@ class EncoderProcess:
     by the next request after it exited or crashed. `encode()` returns the child's reply tuple or raises
     EncoderCrashed; a cancelled `encode()` kills the child (its reply would belong to nobody)."""
 
-    def __init__(self, model_dir, idle_s: float, threads: int):
+    def __init__(self, model_dir, idle_s: float, threads: int, reply_timeout_s: float = 600.0):
         self.model_dir = str(model_dir)
         self.idle_s = float(idle_s)
+        self.reply_timeout_s = float(reply_timeout_s)  # a hung child must not hold uploads forever
         self.threads = max(1, min(threads, len(os.sched_getaffinity(0))))
         self.proc: asyncio.subprocess.Process | None = None
         self.lock = asyncio.Lock()
@@ -153,12 +158,17 @@ class EncoderProcess:
             proc = self.proc
             body = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
             try:
-                proc.stdin.write(HEADER.pack(len(body)) + body)
-                await proc.stdin.drain()
-                (n,) = HEADER.unpack(await proc.stdout.readexactly(HEADER.size))
-                if n > MAX_FRAME:
-                    raise ValueError(f"reply frame of {n} bytes")
-                reply = pickle.loads(await proc.stdout.readexactly(n))
+                async with asyncio.timeout(self.reply_timeout_s):
+                    proc.stdin.write(HEADER.pack(len(body)) + body)
+                    await proc.stdin.drain()
+                    (n,) = HEADER.unpack(await proc.stdout.readexactly(HEADER.size))
+                    if n > MAX_FRAME:
+                        raise ValueError(f"reply frame of {n} bytes")
+                    reply = pickle.loads(await proc.stdout.readexactly(n))
+            except TimeoutError:
+                log.error("voice encoder process %d: no reply within %g s; killed", proc.pid, self.reply_timeout_s)
+                self._kill()
+                raise EncoderHung(f"no reply within {self.reply_timeout_s:g} s") from None
             except (asyncio.IncompleteReadError, ConnectionError, BrokenPipeError):
                 self.proc = None
                 how = _exit_status(await self._reap(proc))
@@ -213,7 +223,8 @@ class VoiceUploads:
     def __init__(self, gw):
         self.gw = gw
         self.cfg = gw.cfg
-        self.encoder = EncoderProcess(self.cfg.model_dir, self.cfg.gateway.encoder_idle_s, ENCODER_THREADS)
+        self.encoder = EncoderProcess(self.cfg.model_dir, self.cfg.gateway.encoder_idle_s, ENCODER_THREADS,
+                                      self.cfg.limits.request_timeout_s)
         self.lock = asyncio.Lock()          # one upload (encoding + saving) at a time
         self.waiting = 0
 
@@ -302,6 +313,10 @@ class VoiceUploads:
     async def _encode(self, data: bytes, transcript: str | None, language: str):
         try:
             reply = await self.encoder.encode({"audio": data, "transcript": transcript, "language": language})
+        except EncoderHung as e:
+            raise ApiError(504, f"the voice encoder process gave no answer in time ({e.how}, request_timeout_s); "
+                                "it was stopped, nothing was saved, try again", "timeout",
+                           type_="server_error") from None
         except EncoderCrashed as e:
             raise ApiError(503, f"the voice encoder process failed while encoding this upload ({e.how}); "
                                 "nothing was saved, try again", "voice_encoder_crashed",

@@ -34,6 +34,14 @@ audio, daemon memory, and the official `qwen-tts` implementation side by side in
    fp32, torch CPU) for `--official-frames` frames in a subprocess; reported as a speed ratio.
 
 Medians over `--runs`. Timings on a shared VM vary by +-30-50 % between runs: compare figures of one run.
+
+`--board --model-dir DIR` (docs/BOARD.md, "Run it on a board"): the run a user with a board makes, on a
+converted model and without torch. It records the CPU topology, whether the vocoder will run on the NPU
+(daemons.cpu.probe_vocoder_npu) and the daemons' CPU plan, then the stages in that plan (talker ms/step,
+predictor ms/frame, vocoder ms/frame per available backend: onnxruntime in the plan and on the big cluster,
+RKNN when the .rknn file loads), and the three real daemons end to end (RTF, time to first audio, peak
+RSS), and writes the comparison row of `/work/shared/ANCHORS.md`'s table to the JSON (default
+bench-board-HOST.json).
 """
 from __future__ import annotations
 
@@ -227,10 +235,13 @@ def memory_bandwidth_gbs() -> dict:
     return res
 
 
-def gguf_weight_bytes(path: Path, exclude=("token_embd.weight",)) -> int:
+def gguf_weight_bytes(path: Path, exclude=("token_embd.weight",)) -> int | None:
     """Bytes of the tensors one decode reads (everything but the input embedding table, unused when
-    feeding embeddings)."""
-    from gguf import GGUFReader
+    feeding embeddings); None without the `gguf` package (the convert extra, not on a board)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return None
 
     r = GGUFReader(str(path))
     return int(sum(int(t.n_bytes) for t in r.tensors if t.name not in exclude))
@@ -335,7 +346,7 @@ def role_overrides(args) -> dict[str, dict]:
     return out
 
 
-def daemon_layout(args) -> dict:
+def daemon_layout(args, vocoder_on_npu: bool = False) -> dict:
     """The CPUs and thread count each daemon will use (daemons.cpu's plan + the --role-* overrides)."""
     from daemons.config import RoleConfig, parse_cpus
     from daemons.cpu import detect_clusters, plan_cpus, thread_count
@@ -349,7 +360,7 @@ def daemon_layout(args) -> dict:
             rc.cpus = parse_cpus(ov[role]["cpus"], f"--role-cpus {role}")
         if "threads" in ov.get(role, {}):
             rc.threads = int(ov[role]["threads"])
-        cpus, reason = plan_cpus(role, rc, clusters)
+        cpus, reason = plan_cpus(role, rc, clusters, vocoder_on_npu=vocoder_on_npu)
         out[role] = {"cpus": cpus, "threads": thread_count(cpus, rc), "reason": reason}
     return out
 
@@ -458,8 +469,8 @@ def bench_talker(model_dir: Path, threads: int, steps: int, runs: int) -> tuple[
         "ms_per_step": r1(median([r["step_plus_sample_ms"] for r in per_run]), 2),
         "step_ms_p10_p90": [r1(float(np.percentile(all_step, 10)), 2), r1(float(np.percentile(all_step, 90)), 2)],
         "per_run": per_run,
-        "weights_read_per_step_mb": r1(n_bytes / 1e6),
-        "effective_bandwidth_gbs": r1(n_bytes / (step / 1e3) / 1e9, 1),
+        "weights_read_per_step_mb": r1(n_bytes / 1e6) if n_bytes else None,
+        "effective_bandwidth_gbs": r1(n_bytes / (step / 1e3) / 1e9, 1) if n_bytes else None,
         "kv_positions_end": int(eng.lm.pos),
     }
     eng.close()
@@ -557,22 +568,39 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
     res = {
         "threads": threads, "frames_per_run": frames, "runs": runs, "ms_per_frame": r1(ms, 2), "per_run": per_run,
         "profile": prof,
-        "weights_read_per_frame_mb": r1((n_bytes * prof["llama_decodes_per_frame"] + heads_bytes) / 1e6),
-        "layers_gguf_mb": r1(n_bytes / 1e6, 1), "heads_fp32_mb": r1(heads_bytes / 1e6, 1),
-        "decode_effective_bandwidth_gbs": r1(n_bytes / (one_decode / 1e3) / 1e9, 1),
+        "weights_read_per_frame_mb": r1((n_bytes * prof["llama_decodes_per_frame"] + heads_bytes) / 1e6)
+        if n_bytes else None,
+        "layers_gguf_mb": r1(n_bytes / 1e6, 1) if n_bytes else None, "heads_fp32_mb": r1(heads_bytes / 1e6, 1),
+        "decode_effective_bandwidth_gbs": r1(n_bytes / (one_decode / 1e3) / 1e9, 1) if n_bytes else None,
     }
     eng.close()
     return res
 
 
-def bench_vocoder(model_dir: Path, threads: int, frames: int, runs: int, chunk: int, first_chunk: int) -> dict:
+def bench_vocoder(model_dir: Path, threads: int, frames: int, runs: int, chunk: int, first_chunk: int,
+                  backend: str = "onnx") -> dict:
+    """ms per frame of audio at the streaming chunk size. backend "rknn": the daemon's RKNN engine
+    (daemons.vocoder_backend.open_vocoder), timed at its converted chunk; {"available": False, "reason"}
+    when it does not load (no .rknn file, runtime or NPU)."""
     import numpy as np
 
     from daemons.engine.manifest import ModelDir
     from daemons.engine.vocoder import VocoderEngine
 
     md = ModelDir(model_dir)
-    eng = VocoderEngine(md.file(md.vocoder["onnx"]), md.vocoder, threads=threads)
+    if backend == "onnx":
+        eng = VocoderEngine(md.file(md.vocoder["onnx"]), md.vocoder, threads=threads)
+    else:
+        import logging
+
+        from daemons.config import VocoderBackend
+        from daemons.vocoder_backend import open_vocoder
+
+        eng = open_vocoder(md.file(md.vocoder["onnx"]), md.vocoder, VocoderBackend(backend=backend),
+                           threads=threads, model_dir=md.path, log=logging.getLogger("bench.vocoder"))
+        if eng.backend != backend:
+            return {"backend": backend, "available": False, "reason": eng.fallback_reason}
+        chunk = eng.chunk  # the static shape it was converted with; other sizes run partly on the CPU
     rng = np.random.default_rng(0)
     codes = rng.integers(0, eng.codebook_size, size=(frames + first_chunk, eng.num_quantizers), dtype=np.int64)
     s = eng.new_stream()
@@ -598,7 +626,11 @@ def bench_vocoder(model_dir: Path, threads: int, frames: int, runs: int, chunk: 
         t0 = time.perf_counter()
         s.decode(codes[first_chunk + i:first_chunk + i + 1])
         chunk1.append((time.perf_counter() - t0) * 1e3)
-    return {"threads": threads, "chunk_frames": chunk, "first_chunk_frames": first_chunk, "frames_per_run": frames,
+    close = getattr(eng, "close", None)
+    if backend != "onnx" and close:
+        close()
+    return {"backend": eng.backend, "available": True,
+            "threads": threads, "chunk_frames": chunk, "first_chunk_frames": first_chunk, "frames_per_run": frames,
             "runs": runs, "ms_per_frame": r1(median(per_run), 2), "per_run": per_run,
             "first_chunk_ms": r1(median(first_ms), 1), "chunk1_ms_per_frame": r1(median(chunk1), 1),
             "rtf_alone": r1(median(per_run) / (FRAME_S * 1e3), 3)}
@@ -1256,6 +1288,183 @@ def print_table(res: dict) -> None:
           "Timings on this VM vary +-30-50 % between runs.")
 
 
+# --------------------------------------------------------------------------------------- board mode
+
+ARM_PARTS = {0xd03: "Cortex-A53", 0xd04: "Cortex-A35", 0xd05: "Cortex-A55", 0xd07: "Cortex-A57",
+             0xd08: "Cortex-A72", 0xd09: "Cortex-A73", 0xd0a: "Cortex-A75", 0xd0b: "Cortex-A76",
+             0xd0d: "Cortex-A77", 0xd41: "Cortex-A78", 0xd44: "Cortex-X1", 0xd46: "Cortex-A510",
+             0xd47: "Cortex-A710", 0xd48: "Cortex-X2"}
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace").replace("\x00", "").strip()
+    except OSError:
+        return None
+
+
+def cpu_topology() -> dict:
+    """What daemons.cpu sees (clusters by cpu_capacity, else cpuinfo_max_freq), per CPU: capacity, maximum
+    clock and the core type (/proc/cpuinfo "CPU part" on arm64), and the board's device-tree model."""
+    from daemons.cpu import SYSFS_CPU, detect_clusters, format_cpu_list, online_cpus
+
+    parts: dict[int, str] = {}
+    cur = None
+    for line in (_read_text(Path("/proc/cpuinfo")) or "").splitlines():
+        k, _, v = line.partition(":")
+        k, v = k.strip(), v.strip()
+        if k == "processor" and v.isdigit():
+            cur = int(v)
+        elif k == "CPU part" and cur is not None:
+            try:
+                parts[cur] = ARM_PARTS.get(int(v, 16), v)
+            except ValueError:
+                parts[cur] = v
+    per = {}
+    for c in online_cpus():
+        d = Path(SYSFS_CPU) / f"cpu{c}"
+        cap, freq = _read_text(d / "cpu_capacity"), _read_text(d / "cpufreq" / "cpuinfo_max_freq")
+        per[c] = {"capacity": int(cap) if cap and cap.isdigit() else None,
+                  "max_mhz": int(freq) // 1000 if freq and freq.isdigit() else None, "core": parts.get(c)}
+    return {"board": _read_text(Path("/proc/device-tree/model")), "machine": platform.machine(),
+            "clusters": [format_cpu_list(cl) for cl in detect_clusters()], "cpus": per}
+
+
+def _log_lines(logfile: Path, needle: str) -> list[str]:
+    try:
+        return [l.split(" INFO ", 1)[-1] for l in logfile.read_text(errors="replace").splitlines() if needle in l]
+    except OSError:
+        return []
+
+
+def board_row(res: dict) -> dict:
+    """The figures of /work/shared/ANCHORS.md's performance table, and that row in markdown."""
+    st, e2e, voc, lay = res.get("stages") or {}, res.get("e2e") or {}, res["vocoder_backends"], res["daemon_layout"]
+    from daemons.cpu import format_cpu_list
+
+    def vtxt(name, v):
+        if not v.get("available", True):
+            return f"{name}: unavailable ({v.get('reason')})"
+        return f"{name} {v['ms_per_frame']} ms/frame ({v['threads']} thr on {format_cpu_list(v['cpus'])})"
+
+    row = {
+        "talker_ms_per_step": (st.get("talker") or {}).get("ms_per_step"),
+        "predictor_ms_per_frame": (st.get("predictor") or {}).get("ms_per_frame"),
+        "vocoder_ms_per_frame": {k: v.get("ms_per_frame") for k, v in voc.items()},
+        "rtf": e2e.get("rtf"), "ttfa_ms": e2e.get("ttfa_ms"), "gen_ms_per_frame": e2e.get("gen_ms_per_frame"),
+        "rss_total_peak_mb": e2e.get("rss_total_peak_serving_mb"), "vmhwm_total_mb": e2e.get("vmhwm_total_mb"),
+    }
+    topo = res["topology"]
+    hw = (f"{topo.get('board') or res['machine']['cpu_model']}; talker+predictor on "
+          f"{format_cpu_list(lay['talker']['cpus'])}, vocoder on {format_cpu_list(lay['vocoder']['cpus'])}"
+          f"{' + NPU' if res['npu_probe']['usable'] else ''}")
+    q = res["quant"]
+    row["markdown"] = (
+        f"| this project (`bench.py --board`, git {res['git']['head']}) | {hw} "
+        f"| llama.cpp {q['talker']} **{row['talker_ms_per_step']} ms/step** "
+        f"| llama.cpp {q['predictor']} **{row['predictor_ms_per_frame']} ms/frame** "
+        f"| {'; '.join(vtxt(k, v) for k, v in voc.items())} "
+        f"| **RTF(w/a) {row['rtf']}** (gen {row['gen_ms_per_frame']} ms/frame), peak RSS {row['rss_total_peak_mb']} MB "
+        f"| {row['ttfa_ms']} ms | `{Path(res.get('json') or 'bench-board.json').name}` |")
+    return row
+
+
+def npu_probe(model_dir: Path):
+    """The daemons' answer to "will the vocoder run on the NPU" for this model (default [vocoder] keys)."""
+    from daemons.config import Config
+    from daemons.cpu import probe_vocoder_npu
+
+    cfg = Config()
+    cfg.model_dir = model_dir
+    return probe_vocoder_npu(cfg)
+
+
+def board_main(a) -> int:
+    """`--board`: see the module docstring."""
+    if not a.model_dir:
+        sys.exit("error: --board needs --model-dir DIR, a converted model directory (scripts/convert.py on a "
+                 "machine with torch; the board itself needs none)")
+    model_dir = Path(a.model_dir)
+    if not (model_dir / "manifest.json").is_file():
+        sys.exit(f"error: {model_dir} is not a converted model directory (no manifest.json)")
+    if a.frames < 2 or a.runs < 1:
+        sys.exit("error: --board needs --frames >= 2 and --runs >= 1")
+    from daemons.config import Limits
+    from daemons.cpu import detect_clusters
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    npu = npu_probe(model_dir)
+    layout = daemon_layout(a, npu.usable)
+    for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # before numpy: see main()
+        os.environ[v] = str(layout["predictor"]["threads"])
+    a.chunk_frames = a.chunk_frames or Limits().chunk_frames
+    a.first_chunk_frames = a.first_chunk_frames or Limits().first_chunk_frames
+    Path(a.work).mkdir(parents=True, exist_ok=True)
+    json_path = Path(a.json or f"bench-board-{platform.node() or 'host'}.json")
+    t_all = time.monotonic()
+    import llama_cpp
+
+    mf = json.loads((model_dir / "manifest.json").read_text())
+    res: dict = {"mode": "board", "args": vars(a), "json": str(json_path),
+                 "command": " ".join([Path(sys.executable).name, "scripts/bench.py", *a.argv]),
+                 "machine": machine_info(), "git": git_info(), "topology": cpu_topology(),
+                 "npu_probe": npu._asdict(), "daemon_layout": layout,
+                 "llama_system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
+                 "model_dir": str(model_dir.resolve()), "random_weights": bool(mf["source"].get("random_weights")),
+                 "quant": {"talker": mf["quant"], "predictor": mf["predictor_quant"], "vocoder": "fp32 (ONNX)"}}
+    print(f"llama.cpp system info: {res['llama_system_info']}")
+    t = res["topology"]
+    print(f"CPU topology: board {t['board']!r}, {t['machine']}, clusters (biggest first) {', '.join(t['clusters'])}")
+    for c, d in t["cpus"].items():
+        print(f"  cpu{c}: {d['core'] or '?'}, capacity {d['capacity']}, max {d['max_mhz']} MHz")
+    print(f"vocoder on the NPU: {'expected' if npu.usable else 'no'} ({npu.reason})")
+    for role, lr in layout.items():
+        print(f"plan {role}: cpus {lr['cpus']}, {lr['threads']} threads ({lr['reason']})")
+    sys.stdout.flush()
+    res["idle_check"] = wait_for_idle(a.max_load, a.max_wait)
+    res["memory_bandwidth"] = memory_bandwidth_gbs()
+    log(f"memory bandwidth: {res['memory_bandwidth']}")
+    res["stages"] = run_stages(a, model_dir, layout)
+    voc = {"onnx": res["stages"]["vocoder"]}
+    clusters = detect_clusters()
+    big = sorted(c for cl in clusters[:-1] for c in cl) if len(clusters) > 1 else []
+    big = [c for c in big if c in os.sched_getaffinity(0)]
+    if big and big != layout["vocoder"]["cpus"]:
+        # the anchors' placement (ONNX FP32 on the 4 big cores), alone
+        with pinned(big):
+            log(f"vocoder onnx on the big cluster {big}, {len(big)} threads")
+            voc["onnx_big_cluster"] = bench_vocoder(model_dir, len(big), a.frames, a.runs, a.chunk_frames,
+                                                    a.first_chunk_frames)
+            voc["onnx_big_cluster"]["cpus"] = big
+    with pinned(layout["vocoder"]["cpus"]):
+        log("vocoder rknn (the daemon's engine), if it loads")
+        voc["rknn"] = bench_vocoder(model_dir, layout["vocoder"]["threads"], a.frames, a.runs, a.chunk_frames,
+                                    a.first_chunk_frames, backend="rknn")
+        voc["rknn"]["cpus"] = layout["vocoder"]["cpus"]
+    for k, v in voc.items():
+        log(f"vocoder {k}: " + (f"{v['ms_per_frame']} ms/frame" if v.get("available", True)
+                                else f"unavailable: {v['reason']}"))
+    res["vocoder_backends"] = voc
+    if not a.skip_daemons:
+        log(f"daemons: {a.runs} x {a.frames} frames end to end (streaming)")
+        res["e2e"] = bench_daemons(a, model_dir)
+        run_dir = Path(a.work) / "run"
+        res["e2e"]["vocoder_backend_log"] = _log_lines(run_dir / "vocoder.log", "vocoder backend:")
+        res["e2e"]["pinning_log"] = {r: _log_lines(run_dir / f"{r}.log", f"{r}: cpus ") for r in ROLES}
+        log(f"e2e: RTF {res['e2e']['rtf']}, TTFA {res['e2e']['ttfa_ms']} ms, "
+            f"RSS total {res['e2e']['rss_total_peak_serving_mb']} MB")
+    res["row"] = board_row(res)
+    res["loadavg_at_end"] = [r1(x, 2) for x in os.getloadavg()]
+    res["total_s"] = r1(time.monotonic() - t_all)
+    print("\nThe row for /work/shared/ANCHORS.md's performance table (and docs/BOARD.md):")
+    print(res["row"]["markdown"])
+    if res["random_weights"]:
+        print("NOTE: random weights (audio is noise); frame counts are fixed, not EOS-terminated.")
+    json_path.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    log(f"wrote {json_path}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------- main
 
 def main(argv=None) -> int:
@@ -1285,14 +1494,20 @@ def main(argv=None) -> int:
     ap.add_argument("--max-load", type=float, default=0.5, help="wait until the 1-min load average is below this")
     ap.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for an idle machine")
     ap.add_argument("--json", help="write all results here")
+    ap.add_argument("--board", action="store_true",
+                    help="the board run (docs/BOARD.md): needs --model-dir; stages in the daemons' plan, every vocoder "
+                         "backend available, the daemons end to end; no torch, no official, no gateway")
     ap.add_argument("--official-worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    a.argv = list(sys.argv[1:] if argv is None else argv)
+    if a.board:
+        return board_main(a)
     threads = a.threads or len(os.sched_getaffinity(0))
     if a.official_worker:
         official_worker(a.official_worker, a.official_frames, a.runs, threads)
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    layout = daemon_layout(a)
+    layout = daemon_layout(a, a.model_dir is not None and npu_probe(Path(a.model_dir)).usable)
     # numpy's BLAS pool sized like the predictor daemon's (pin_role sizes it before numpy is imported; it
     # cannot change later, so the whole-machine pass uses it too: it only matters for the 15 head matvecs)
     for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -20,6 +20,8 @@ Environment variables override the file:
     QWEN3_TTS_VOCODER_{BACKEND,NPU_CORE_MASK,RKNN_FILE} the vocoder backend (see VocoderBackend, docs/RKNN.md)
     QWEN3_TTS_GATEWAY_<KEY>                            the HTTP gateway, e.g. QWEN3_TTS_GATEWAY_ENCODER_IDLE_S=30
                                                        (not voice_aliases; API_KEYS comma-separated)
+    QWEN3_TTS_SECURITY_<KEY>                           [security] CURVE key paths, e.g.
+                                                       QWEN3_TTS_SECURITY_CURVE_CLIENT_SECRET=/etc/.../client.key_secret
 
 The runtime directory (where the default ipc:// sockets live; the launcher's pid files and logs too) is
 decided here and nowhere else (launch.sh asks `python -m daemons.config --runtime-dir`). First that applies:
@@ -160,6 +162,41 @@ class GatewayConfig:
     encoder_idle_s: float = 60.0
 
 
+@dataclass
+class SecurityConfig:
+    """[security]: ZeroMQ CURVE (encryption + authentication) on every network endpoint (tcp:// and the
+    other non-ipc transports; ipc:// and inproc:// are protected by file modes / the process and never use
+    it). Key files are the certificates of `qwen3-tts-daemon keygen` (docs/SECURITY.md).
+    Server side (the daemons that bind tcp://): curve_server_secret + curve_authorized_dir (the clients'
+    public certificates, *.key, allowed to connect; any other peer is refused at the handshake).
+    Client side (tts-client, the gateway, the talker towards a remote predictor/vocoder):
+    curve_client_secret + curve_server_public (the server's public certificate)."""
+    curve_server_secret: Path | None = None
+    curve_authorized_dir: Path | None = None
+    curve_client_secret: Path | None = None
+    curve_server_public: Path | None = None
+
+    @property
+    def curve_server(self) -> bool:
+        return self.curve_server_secret is not None
+
+    @property
+    def curve_client(self) -> bool:
+        return self.curve_client_secret is not None
+
+
+_SECURITY_PAIRS = (("curve_server_secret", "curve_authorized_dir"), ("curve_client_secret", "curve_server_public"))
+
+
+def _security_check(sec: SecurityConfig, src: str) -> None:
+    """Both keys of a side or neither: half a CURVE setup would silently run unauthenticated. (The files
+    are read, and their absence reported, where a socket uses them: daemons/curve.py.)"""
+    for a, b in _SECURITY_PAIRS:
+        if (getattr(sec, a) is None) != (getattr(sec, b) is None):
+            have, missing = (a, b) if getattr(sec, a) is not None else (b, a)
+            raise ConfigError(f"{src}: security.{have} is set but security.{missing} is not (CURVE needs both)")
+
+
 def _wyoming_uri(value: Any, where: str) -> str:
     """tcp://HOST:PORT, unix:///absolute/path, or "" (off; "off"/"none" too, for the environment)."""
     from urllib.parse import urlparse
@@ -245,6 +282,7 @@ class Config:
     source: Path | None = None        # the TOML file that was read, None when none was found
     vocoder_backend: VocoderBackend = field(default_factory=VocoderBackend)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def endpoint(self, role: str) -> str:
         return self.endpoints[_check_role(role)]
@@ -256,6 +294,7 @@ class Config:
         d = asdict(self)
         for k in ("model_dir", "runtime_dir", "voices_dir", "cache_dir", "source"):
             d[k] = None if d[k] is None else str(d[k])
+        d["security"] = {k: None if v is None else str(v) for k, v in d["security"].items()}
         return d
 
 
@@ -565,7 +604,7 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     src = str(src_path) if src_path is not None else "<defaults>"
 
     top = ("model_dir", "runtime_dir", "voices_dir", "cache_dir", "endpoints", *ROLES, "sampling", "limits",
-           "gateway")
+           "gateway", "security")
     _unknown(doc.keys(), top, src)
     cfg = Config(source=src_path)
 
@@ -662,6 +701,16 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         setattr(cfg.gateway, key, _gateway_value(key, value, f"{src}: gateway.{key}", False))
     _env_section(env, "QWEN3_TTS_GATEWAY_", [n for n in names if n != "voice_aliases"],
                  lambda k, v, w: setattr(cfg.gateway, k, _gateway_value(k, v, w, True)))
+
+    # --- security (CURVE key paths)
+    names = [f.name for f in fields(SecurityConfig)]
+    t = _table(doc, "security", src)
+    _unknown(t.keys(), names, src, "security.")
+    for key, value in t.items():
+        setattr(cfg.security, key, _as_path(value, f"{src}: security.{key}", cwd, home))
+    _env_section(env, "QWEN3_TTS_SECURITY_", names,
+                 lambda k, v, w: setattr(cfg.security, k, _as_path(v, w, cwd, home)))
+    _security_check(cfg.security, src)
     return cfg
 
 

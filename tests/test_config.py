@@ -377,6 +377,7 @@ def test_example_file_documents_every_key_with_its_default(home):
     documented |= {f"sampling.{k}" for k in C._SAMPLING_KEYS}
     documented |= {f"limits.{f.name}" for f in dataclasses.fields(Limits)}
     documented |= {f"gateway.{f.name}" for f in dataclasses.fields(C.GatewayConfig)}
+    documented |= {f"security.{f.name}" for f in dataclasses.fields(C.SecurityConfig)}
     assert keys == documented
 
     default = load_config(env=env_for(home))
@@ -388,6 +389,8 @@ def test_example_file_documents_every_key_with_its_default(home):
     assert cfg.cache_dir == Path("/var/cache/qwen3-tts")  # systemd's CacheDirectory=
     assert cfg.roles == default.roles
     assert cfg.limits == default.limits
+    assert cfg.security.curve_server_public == Path("/etc/qwen3-tts/curve/server.key")
+    assert default.security == C.SecurityConfig()  # CURVE is off unless configured
     sp = SamplingParams()
     assert {k: v for k, v in cfg.sampling.items() if k != "seed"} == \
         {k: getattr(sp, k) for k in C._SAMPLING_KEYS if k != "seed"}

@@ -38,10 +38,10 @@ Medians over `--runs`. Timings on a shared VM vary by +-30-50 % between runs: co
 `--board --model-dir DIR` (docs/BOARD.md, "Run it on a board"): the run a user with a board makes, on a
 converted model and without torch. It records the CPU topology, whether the vocoder will run on the NPU
 (daemons.cpu.probe_vocoder_npu) and the daemons' CPU plan, then the stages in that plan (talker ms/step,
-predictor ms/frame, vocoder ms/frame per available backend: onnxruntime in the plan and on the big cluster,
-RKNN when the .rknn file loads), and the three real daemons end to end (RTF, time to first audio, peak
-RSS), and writes the comparison row of `/work/shared/ANCHORS.md`'s table to the JSON (default
-bench-board-HOST.json).
+predictor ms/frame, vocoder ms/frame per available backend: onnxruntime in the plan and, on big.LITTLE, on
+the big cluster, the little one and the little one plus one big core; RKNN when the .rknn file loads), and
+the three real daemons end to end (RTF, time to first audio, peak RSS), and writes the comparison row of
+`/work/shared/ANCHORS.md`'s table to the JSON (default bench-board-HOST.json).
 """
 from __future__ import annotations
 
@@ -1427,15 +1427,22 @@ def board_main(a) -> int:
     res["stages"] = run_stages(a, model_dir, layout)
     voc = {"onnx": res["stages"]["vocoder"]}
     clusters = detect_clusters()
-    big = sorted(c for cl in clusters[:-1] for c in cl) if len(clusters) > 1 else []
-    big = [c for c in big if c in os.sched_getaffinity(0)]
-    if big and big != layout["vocoder"]["cpus"]:
-        # the anchors' placement (ONNX FP32 on the 4 big cores), alone
-        with pinned(big):
-            log(f"vocoder onnx on the big cluster {big}, {len(big)} threads")
-            voc["onnx_big_cluster"] = bench_vocoder(model_dir, len(big), a.frames, a.runs, a.chunk_frames,
-                                                    a.first_chunk_frames)
-            voc["onnx_big_cluster"]["cpus"] = big
+    if len(clusters) > 1:
+        # the placements docs/BOARD.md section 5 weighs, alone: the anchors' (all big cores), the little cluster,
+        # the little cluster plus one big core (the CPU-vocoder plan)
+        little, big = clusters[-1], sorted(c for cl in clusters[:-1] for c in cl)
+        seen = [layout["vocoder"]["cpus"]]
+        for name, cpus in (("onnx_big_cluster", big), ("onnx_little_cluster", little),
+                           ("onnx_little_plus_one_big", sorted(little + [max(clusters[-2])]))):
+            cpus = [c for c in cpus if c in os.sched_getaffinity(0)]
+            if not cpus or cpus in seen:
+                continue
+            seen.append(cpus)
+            with pinned(cpus):
+                log(f"vocoder onnx on cpus {cpus}, {len(cpus)} threads")
+                voc[name] = bench_vocoder(model_dir, len(cpus), a.frames, a.runs, a.chunk_frames,
+                                          a.first_chunk_frames)
+                voc[name]["cpus"] = cpus
     with pinned(layout["vocoder"]["cpus"]):
         log("vocoder rknn (the daemon's engine), if it loads")
         voc["rknn"] = bench_vocoder(model_dir, layout["vocoder"]["threads"], a.frames, a.runs, a.chunk_frames,

@@ -20,6 +20,10 @@ class Block:
             raise ImportError(f"{name}: not installed on the board")
         return None
 sys.meta_path.insert(0, Block())
+if sys.argv[1] == "--sysfs":  # a fake CPU topology for the bench process (not for the daemons it starts)
+    import daemons.cpu
+    daemons.cpu.detect_clusters.__defaults__ = daemons.cpu.online_cpus.__defaults__ = (sys.argv[2],)
+    del sys.argv[1:3]
 sys.argv = ["scripts/bench.py", *sys.argv[1:]]
 runpy.run_path("scripts/bench.py", run_name="__main__")
 """
@@ -59,6 +63,34 @@ def test_board_run_writes_the_anchor_row(tiny_model, tmp_path):
         plan = r["daemon_layout"][role]
         assert e2e["memory"][role]["vmhwm_mb"] > 0
         assert any(plan["reason"] in line for line in e2e["pinning_log"][role]), (role, e2e["pinning_log"])
+
+
+def test_board_run_on_big_little_times_every_vocoder_placement(tiny_model, tmp_path):
+    """A fake 1 + 1 big.LITTLE topology (cpu1 big, cpu0 little; both exist here): the plan, and the vocoder
+    timed alone in the plan (the little CPU), on the big cluster and on little + one big (stages only)."""
+    sysfs = tmp_path / "cpu"
+    for c, cap in ((0, 414), (1, 1024)):
+        (sysfs / f"cpu{c}").mkdir(parents=True)
+        (sysfs / f"cpu{c}" / "cpu_capacity").write_text(f"{cap}\n")
+    (sysfs / "online").write_text("0-1\n")
+    out = tmp_path / "board.json"
+    cmd = [sys.executable, "-c", NO_TORCH, "--sysfs", str(sysfs), "--board", "--model-dir", str(tiny_model),
+           "--work", str(tmp_path / "w"), "--frames", "4", "--runs", "1", "--max-wait", "0", "--skip-daemons",
+           "--json", str(out)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "clusters (biggest first) 1, 0" in p.stdout
+    assert "  cpu1: " in p.stdout and "capacity 1024" in p.stdout
+    r = json.loads(out.read_text())
+    lay = r["daemon_layout"]
+    assert lay["talker"]["cpus"] == lay["predictor"]["cpus"] == [1] and lay["vocoder"]["cpus"] == [0]
+    assert lay["vocoder"]["reason"].startswith("CPU vocoder (no NPU): little cluster 0; only 1 big CPUs")
+    voc = r["vocoder_backends"]
+    assert {k: v["cpus"] for k, v in voc.items()} == {"onnx": [0], "onnx_big_cluster": [1],
+                                                      "onnx_little_plus_one_big": [0, 1], "rknn": [0]}
+    for k in ("onnx", "onnx_big_cluster", "onnx_little_plus_one_big"):
+        assert voc[k]["available"] and voc[k]["ms_per_frame"] > 0 and voc[k]["threads"] == len(voc[k]["cpus"])
+    assert "e2e" not in r and r["row"]["rtf"] is None and "onnx_big_cluster" in r["row"]["markdown"]
 
 
 def test_board_needs_a_model_dir(tmp_path):

@@ -5,6 +5,7 @@ audio, daemon memory, and the official `qwen-tts` implementation side by side in
     python scripts/bench.py [--work DIR] [--checkpoint DIR | --model-dir DIR] [--quant q4_k_m] [--runs 3]
                             [--frames 100] [--official-frames 10] [--gateway-frames N] [--skip-official]
                             [--skip-stages] [--skip-daemons] [--skip-gateway] [--json FILE]
+    python scripts/bench.py --board --model-dir DIR [--runs 3] [--frames 100] [--json FILE]   # on a board
 
 1. Checkpoint: `--checkpoint DIR`, or a random-weight full-size one made (once) under `--work` with
    `scripts/make_checkpoint.py --size full`. THE WEIGHTS ARE RANDOM: the audio is noise and the model

@@ -23,7 +23,8 @@ def open_vocoder(onnx_model: str | Path, state_spec: Mapping[str, Any] | str | P
 
     backend "onnx": onnxruntime. "auto"/"rknn": `RknnVocoderEngine` when the .rknn file (relative to
     `model_dir`, default the folder of `onnx_model`), rknn-toolkit-lite2 and the NPU driver all work,
-    else onnxruntime and exactly one log line saying why (info for "auto", warning for "rknn").
+    else onnxruntime and exactly one log line saying why (info for "auto", warning for "rknn"), with the
+    library's own reason in it (what it prints itself is captured, docs/RKNN.md).
     The onnxruntime engine is always built: it is the fallback and decodes the partial chunks."""
     log = log or logging.getLogger("qwen3_tts.vocoder")
     b = backend_cfg if backend_cfg is not None else VocoderBackend()
@@ -48,5 +49,7 @@ def open_vocoder(onnx_model: str | Path, state_spec: Mapping[str, Any] | str | P
         return cpu
     log.info("vocoder backend: rknn (%s, %s, %s graph, chunk %d, npu_core_mask %s; partial chunks on onnxruntime)",
              rknn_path, eng.precision, eng.graph, eng.chunk, b.npu_core_mask)
+    for line in eng.runtime_log:  # what rknn-toolkit-lite2 printed while starting (captured, not on the console)
+        log.debug("rknn-toolkit-lite2: %s", line)
     return eng
 

@@ -25,11 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from .console_capture import captured_console
 from .errors import ModelError
 from .onnx_session import cpu_session
 from .vocoder import SPEC_NAME, VocoderEngine, VocoderStream
@@ -87,6 +89,63 @@ def _core_mask_value(RKNNLite, mask: int | None) -> int:
     return int(mask)
 
 
+DEVICE_TREE = Path("/proc/device-tree/compatible")   # where rknn-toolkit-lite2 reads the SoC from
+_TRACEBACK = re.compile(r"^(E )?Traceback \(most recent call last\):")
+
+
+def library_reason(lines: list[str]) -> str:
+    """rknn-toolkit-lite2's own reason from what it printed: the exception at the end of its last traceback
+    (it logs `E Catch exception when init runtime!` + `E Traceback ...`; the exception text may span lines),
+    else its `E ` error lines; "" when it printed neither."""
+    starts = [i for i, ln in enumerate(lines) if _TRACEBACK.match(ln)]
+    if starts:
+        body = lines[starts[-1] + 1:]
+        frames = [i for i, ln in enumerate(body) if ln.startswith((" ", "\t"))]
+        exc = " ".join(ln.strip() for ln in body[(frames[-1] + 1 if frames else 0):])
+        return re.sub(r"^(E )?(Exception: )?", "", exc).strip()
+    return "; ".join(ln[2:].strip() for ln in lines if ln.startswith("E "))
+
+
+def _soc_hint() -> str:
+    try:
+        soc = DEVICE_TREE.read_bytes().replace(b"\0", b" ").decode("ascii", "replace").strip()
+    except OSError:
+        return f"; {DEVICE_TREE} is absent (not a Rockchip board, or a container without it)"
+    return f"; {DEVICE_TREE}: {soc}"
+
+
+def _open_rknnlite(RKNNLite, path: Path, core_mask: int | None):
+    """RKNNLite with the model loaded and the runtime up, or RknnUnavailable with the library's own reason.
+
+    target=None: "NPU inside", the board's own NPU, the SoC read from the device tree (a target name
+    means a device over adb/ntb: on aarch64 the library answers "Unsupported run platform: Linux
+    aarch64"). The library prints its log and tracebacks on stdout/stderr itself: captured here, so the
+    fallback is one log line with the reason in it."""
+    rk, step, ret = None, "RKNNLite()", None
+    with captured_console() as out:
+        try:
+            rk = RKNNLite(verbose=False)
+            step, ret = "load_rknn", rk.load_rknn(str(path))
+            if ret == 0:
+                step, ret = "init_runtime", rk.init_runtime(target=None,
+                                                            core_mask=_core_mask_value(RKNNLite, core_mask))
+        except Exception as e:  # noqa: BLE001 - it catches its own errors; anything else is a broken install
+            ret = f"{type(e).__name__}: {e}"
+        if ret != 0 and rk is not None:
+            try:
+                rk.release()
+            except Exception:  # noqa: BLE001 - already failing; the reason below is the useful part
+                pass
+    if ret == 0:
+        return rk, out.lines()
+    said = library_reason(out.lines())
+    what = f"rknn-toolkit-lite2 {step} " + (f"raised {ret}" if isinstance(ret, str) else f"returned {ret}")
+    what += f": {said}" if said else ""
+    if step == "load_rknn":
+        raise RknnUnavailable("model", f"{what} (model {path})")
+    raise RknnUnavailable("driver", what + _soc_hint())
+
+
 class RknnVocoderEngine:
     """Same interface as `VocoderEngine` (new_stream, validate, initial_state, decode_all, the spec numbers),
     full chunks on the NPU, remainders on the onnxruntime engine `cpu` (which must use the same spec).
@@ -141,16 +200,9 @@ class RknnVocoderEngine:
             self._head_idx = [names.index(n) for n in meta["head_states"]]
             self.head = self._open_head(head_path, cpu, meta, threads)
         if runtime is not None:
-            self.rknn, self._owns_runtime = runtime, False
+            self.rknn, self._owns_runtime, self.runtime_log = runtime, False, []
             return
-        rk = RKNNLite(verbose=False)
-        if rk.load_rknn(str(self.path)) != 0:
-            raise RknnUnavailable("model", f"rknnlite cannot load {self.path}")
-        ret = rk.init_runtime(core_mask=_core_mask_value(RKNNLite, core_mask))
-        if ret != 0:
-            rk.release()
-            raise RknnUnavailable("driver", f"rknnlite init_runtime failed ({ret}): no RKNPU driver / "
-                                            f"librknnrt.so, or the NPU is busy")
+        rk, self.runtime_log = _open_rknnlite(RKNNLite, self.path, core_mask)
         self.rknn, self._owns_runtime = rk, True
 
     @staticmethod

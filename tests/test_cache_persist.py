@@ -135,3 +135,160 @@ def test_cache_dir_defaults_and_overrides(tmp_path, monkeypatch):
     cfg_file.write_text("cache_dir = 3\n")
     with pytest.raises(ValueError, match="cache_dir"):
         load_config(cfg_file, env={"HOME": home})
+
+
+# --- real daemons, restarted --------------------------------------------------------------------------
+SEED = {"seed": 11}  # sampled (the default), seeded: the same audio every time
+
+
+@pytest.fixture(scope="module")
+def md(tiny_model):
+    from daemons.engine.manifest import ModelDir
+
+    return ModelDir(tiny_model)
+
+
+def icl_voice(md, seed: int, text: str = "A voice that was here before."):
+    from daemons.engine.voice import Voice
+
+    rng = np.random.default_rng(seed)
+    return Voice(rng.standard_normal(md.talker["hidden_size"]).astype(np.float32),
+                 rng.integers(0, md.predictor["codebook_size"], (24, 16)), text, "english")
+
+
+def pong(la, role: str) -> dict:
+    import zmq
+
+    from daemons import protocol
+
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(f"ipc://{la.run}/{role}.sock")
+    try:
+        s.send_multipart(protocol.encode("ping"))
+        assert s.poll(20000), f"the {role} daemon did not answer a ping"
+        return protocol.decode(s.recv_multipart(), 1 << 20).header
+    finally:
+        s.close(0)
+
+
+def say(la, voice):
+    from client.api import TTSClient
+
+    with TTSClient(la.endpoint) as c:
+        return c.synthesize("Hello again.", "english", voice=voice, params=SEED, max_frames=6, return_codes=True)
+
+
+def same(a, b) -> None:
+    """The same codes, and the same audio up to float rounding: the vocoder's chunked decode equals one decode
+    only to ~4e-5 (the talker's chunks are [2, 4] frames, or [6] when its first send found the vocoder not yet
+    connected; measured without any cache). A wrong vocoder state is off by orders of magnitude more."""
+    assert np.array_equal(a.codes, b.codes) and len(a.audio) == len(b.audio) > 0
+    np.testing.assert_allclose(a.audio, b.audio, rtol=0, atol=2e-4)
+
+
+class Cluster:
+    """Daemons with their caches in `tmp`/cache (the TOML key), started and stopped on demand."""
+
+    def __init__(self, model, tmp, top: str = "", limits: str = ""):
+        self.model, self.tmp, self.cache = model, tmp, tmp / "cache"
+        self.top, self.limits, self.la = f'cache_dir = "{tmp / "cache"}"\n{top}', limits, None
+
+    def __enter__(self):
+        self.la = start_cluster(self.model, self.tmp, top=self.top, limits=self.limits)
+        return self.la
+
+    def __exit__(self, *exc):
+        stop_cluster(self.la)
+
+    def files(self, sub: str, suffix: str):
+        return sorted((self.cache / sub).glob("*" + suffix))
+
+    def logged(self, role: str, text: str) -> list[str]:
+        return [ln for ln in (self.tmp / "run" / f"{role}.log").read_text().splitlines() if text in ln]
+
+
+def test_first_requests_after_a_restart_hit_both_caches(tiny_model, tmp_path, md):
+    """A named in-context voice (voices_dir) and an inline one: after a full restart of the daemons neither
+    the talker's voice prefix nor the vocoder's primed state is computed again, and the audio is the same."""
+    (tmp_path / "voices").mkdir()
+    icl_voice(md, 1).save(tmp_path / "voices" / "named.json")
+    inline = icl_voice(md, 2)
+    c = Cluster(tiny_model, tmp_path, top=f'voices_dir = "{tmp_path / "voices"}"\n')
+    with c as la:
+        before = [say(la, "named"), say(la, inline)]
+        t = pong(la, "talker")
+        assert (t["prefix_misses"], t["prefix_disk_hits"]) == (2, 0), t
+        assert t["prefix_cache_dir"] == str(c.cache / "talker-prefix")
+    assert len(c.files("talker-prefix", ".kv")) == 2 and len(c.files("vocoder-contexts", ".state")) == 2
+    with c as la:
+        after = [say(la, "named"), say(la, inline)]
+        t, v = pong(la, "talker"), pong(la, "vocoder")
+    assert (t["prefix_hits"], t["prefix_misses"], t["prefix_disk_hits"]) == (2, 0, 2), t
+    assert v["context_disk_hits"] == 2 and v["primed_idle"] == 0, v    # read back, not primed again
+    assert v["context_cache_dir"] == str(c.cache / "vocoder-contexts")
+    assert len(c.logged("vocoder", "read from the cache")) == 1       # the named voice, while idle
+    for a, b in zip(before, after):
+        same(a, b)
+    assert tmp_files(c.cache) == [] and c.logged("talker", "ignored") == c.logged("vocoder", "ignored") == []
+
+
+def _flip(p):
+    b = bytearray(p.read_bytes())
+    b[HEADER_BYTES + len(b[HEADER_BYTES:]) // 2] ^= 0x40
+    p.write_bytes(bytes(b))
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[:HEADER_BYTES + 100])
+
+
+@pytest.mark.parametrize("talker_damage, vocoder_damage", [(_flip, _truncate), (_truncate, _flip)],
+                         ids=["corrupt-prefix+truncated-state", "truncated-prefix+corrupt-state"])
+def test_damaged_cache_files_are_ignored_with_one_line(tiny_model, tmp_path, md, talker_damage, vocoder_damage):
+    voice = icl_voice(md, 3)
+    c = Cluster(tiny_model, tmp_path)
+    with c as la:
+        before = say(la, voice)
+    (kv,), (state,) = c.files("talker-prefix", ".kv"), c.files("vocoder-contexts", ".state")
+    talker_damage(kv)
+    vocoder_damage(state)
+    with c as la:
+        after = say(la, voice)                                          # recomputed: the same audio
+        t, v = pong(la, "talker"), pong(la, "vocoder")
+    same(before, after)
+    assert (t["prefix_hits"], t["prefix_disk_hits"]) == (0, 0) and v["context_disk_hits"] == 0, (t, v)
+    why = {_flip: "checksum mismatch", _truncate: "truncated"}
+    for role, damage in (("talker", talker_damage), ("vocoder", vocoder_damage)):
+        lines = c.logged(role, "ignored and removed")
+        assert len(lines) == 1 and why[damage] in lines[0], (role, lines)
+    # rewritten whole by the recomputation; no temp files left
+    assert [p.name for p in c.files("talker-prefix", ".kv")] == [kv.name] and kv.stat().st_size > HEADER_BYTES + 100
+    assert [p.name for p in c.files("vocoder-contexts", ".state")] == [state.name]
+    assert tmp_files(c.cache) == []
+
+
+def test_cache_directories_stay_within_their_bounds(tiny_model, tmp_path, md):
+    """Bounds that hold one entry each: a second and a third voice evict the older ones (least recently
+    used first); after a restart the newest voice is a disk hit, an evicted one is computed again."""
+    voices = [icl_voice(md, 10 + i) for i in range(3)]                 # same sizes: same shapes
+    c = Cluster(tiny_model, tmp_path)
+    with c as la:
+        say(la, voices[0])
+    kv, st = (c.files(d, s)[0].stat().st_size for d, s in (("talker-prefix", ".kv"), ("vocoder-contexts", ".state")))
+    kv_mb, st_mb = 1.5 * kv / 2 ** 20, 1.5 * st / 2 ** 20                # room for one entry, not two
+    c.limits = f"prefix_cache_mb = {kv_mb}\nvocoder_cache_mb = {st_mb}\n"
+    with c as la:
+        for v in voices[1:]:
+            say(la, v)
+            for d, s, bound in (("talker-prefix", ".kv", kv_mb), ("vocoder-contexts", ".state", st_mb)):
+                files = c.files(d, s)
+                assert len(files) == 1 and sum(p.stat().st_size for p in files) <= bound * 2 ** 20, (d, files)
+    with c as la:
+        say(la, voices[2])
+        t, v = pong(la, "talker"), pong(la, "vocoder")
+        assert (t["prefix_disk_hits"], v["context_disk_hits"]) == (1, 1), (t, v)
+        say(la, voices[0])                                              # evicted long ago: a miss
+        t = pong(la, "talker")
+        assert (t["prefix_misses"], t["prefix_disk_hits"]) == (1, 1), t
+    assert tmp_files(c.cache) == []

@@ -16,7 +16,7 @@ SAMPLE_RATE = 24000
 
 class ClientError(Exception):
     """`code`: a daemon error code (busy, invalid_text, predictor_unavailable, ...) or a client-side one
-    (not_running, timeout, protocol)."""
+    (not_running, timeout, protocol, config)."""
 
     def __init__(self, code: str, message: str):
         super().__init__(f"{code}: {message}")
@@ -55,14 +55,40 @@ def default_endpoint() -> str:
     return load_config(discover=True).endpoints["talker"]
 
 
+def _security(endpoint: str):
+    """The configuration's [security] for a network endpoint (CURVE client keys), None for ipc://."""
+    from daemons.config import ConfigError, load_config
+    from daemons.curve import is_network
+
+    if not is_network(endpoint):
+        return None
+    try:
+        return load_config(discover=True).security
+    except ConfigError as e:
+        raise ClientError("config", str(e)) from None
+
+
 class TTSClient:
-    def __init__(self, endpoint: str | None = None, *, connect_timeout_s: float = 3.0, idle_timeout_s: float = 60.0):
+    def __init__(self, endpoint: str | None = None, *, connect_timeout_s: float = 3.0, idle_timeout_s: float = 60.0,
+                 security=None):
+        """`security`: a daemons.config.SecurityConfig (CURVE keys for a tcp:// talker); None: the
+        configuration's [security] when the endpoint is a network one."""
+        from daemons.config import ConfigError
+        from daemons.curve import Curve
+
         self.endpoint = endpoint or default_endpoint()
         self.connect_timeout_s, self.idle_timeout_s = connect_timeout_s, idle_timeout_s
+        self.security = security if security is not None else _security(self.endpoint)
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)
+        try:
+            if self.security is not None:
+                Curve(self.security).client(self.sock, self.endpoint)
+        except ConfigError as e:
+            self.sock.close(0)
+            raise ClientError("config", str(e)) from None
         self.sock.connect(self.endpoint)
 
     def close(self) -> None:
@@ -82,8 +108,11 @@ class TTSClient:
                 return
             except zmq.Again:
                 if time.monotonic() > deadline:
+                    from daemons.curve import unreachable_hint
+
                     raise ClientError("not_running", f"no talker daemon answers at {self.endpoint} (start it with "
-                                                     "`systemctl start qwen3-tts.target` or `bash launch.sh --daemon`)")
+                                                     "`systemctl start qwen3-tts.target` or `bash launch.sh --daemon`)"
+                                      + unreachable_hint(self.endpoint, self.security))
                 time.sleep(0.01)
 
     def _recv(self, timeout_s: float) -> protocol.Message:

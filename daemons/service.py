@@ -11,8 +11,9 @@ from pathlib import Path
 import zmq
 
 from . import protocol
-from .config import Config
+from .config import Config, ConfigError, private_dir_problem
 from .cpu import CpuPlan, format_cpu_list
+from .curve import Curve
 from .notify import Notifier
 
 POLL_MS = 200  # upper bound on the loop period when idle (watchdog pings come from this loop)
@@ -38,6 +39,7 @@ class Service:
         self.limits = cfg.limits
         self.cpus, self.threads = plan.cpus, plan.threads
         self.ctx = zmq.Context.instance()
+        self.curve = Curve(cfg.security, self.ctx, self.log)  # CURVE on tcp:// sockets ([security])
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
 
@@ -57,33 +59,52 @@ class Service:
     def bind_router(self, endpoint: str, private: bool = False, rcvhwm: int | None = None) -> zmq.Socket:
         """`private`: an ipc:// socket only this user can connect to (mode 0600; the predictor and the
         vocoder, which only the talker, running as the same user, talks to): the clients' group reaches the
-        talker, never another request's predictor or vocoder stream. tcp:// endpoints have no such guard
-        (bind them to 127.0.0.1 or a private network). `rcvhwm`: messages queued per connection (ZMQ_RCVHWM)."""
+        talker, never another request's predictor or vocoder stream. Any other ipc:// socket is never
+        reachable by others (umask 0007: owner and group, the clients' group of the systemd units), and
+        its directory must be this user's and not writable by group or others (created 0700).
+        tcp:// endpoints use CURVE when [security] has the server keys (daemons/curve.py), else they are
+        open to whoever reaches the port (a warning says so). `rcvhwm`: messages queued per connection."""
         # a file-system ipc:// socket (ipc://@name is Linux's abstract namespace: no file, no mode)
         path = Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") and endpoint[6:7] != "@" else None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_socket_dir(path.parent)
         s = self._socket(zmq.ROUTER)
+        self.curve.server(s, endpoint)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # sending to a vanished peer raises instead of dropping
         if rcvhwm is not None:
             s.setsockopt(zmq.RCVHWM, rcvhwm)
+        # libzmq creates the socket file inside bind(), in this thread: born 0600 (private) or <= 0770
+        old = os.umask(0o177)
         if not private:
-            s.bind(endpoint)
-            return s
-        old = os.umask(0o177)  # libzmq creates the socket file inside bind(), in this thread: born 0600
+            os.umask(old | 0o007)
         try:
             s.bind(endpoint)
         finally:
             os.umask(old)
-        if path is not None:
+        if path is not None and private:
             os.chmod(path, 0o600)
         return s
+
+    @staticmethod
+    def _check_socket_dir(d: Path) -> None:
+        """Create the ipc:// socket directory 0700 (systemd's RuntimeDirectory= exists already, 0750);
+        refuse one that another user could plant sockets or symlinks in."""
+        if not d.exists():
+            d.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+        problem = private_dir_problem(d)
+        if problem is not None:
+            raise ConfigError(f"ipc:// socket directory: {problem}")
 
     def connect_dealer(self, endpoint: str) -> zmq.Socket:
         s = self._socket(zmq.DEALER)
         s.setsockopt(zmq.IMMEDIATE, 1)  # never queue for a peer that is not connected: fail fast instead
         s.setsockopt(zmq.RECONNECT_IVL, 100)
         s.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self.curve.client(s, endpoint)  # a predictor/vocoder on another board: CURVE client keys
         s.connect(endpoint)
         return s
 

@@ -1,7 +1,7 @@
 """Requests from an asyncio serving front to the talker daemon (zmq.asyncio, daemons/protocol.py): the one
 talker client of the gateway's fronts (http.py, wyoming.py, websocket.py).
 
-    link = TalkerLink(ctx, cfg.endpoints["talker"], cfg.limits.request_timeout_s)
+    link = TalkerLink(ctx, cfg.endpoints["talker"], cfg.limits.request_timeout_s, cfg.security)
     async with contextlib.aclosing(link.synthesize(header)) as msgs:
         async for m in msgs:          # "audio" messages (pcm f32) as they arrive, then the one "done"
             ...
@@ -34,7 +34,8 @@ import zmq
 import zmq.asyncio
 
 from daemons import protocol
-from daemons.config import Config
+from daemons.config import Config, SecurityConfig
+from daemons.curve import Curve, unreachable_hint
 
 CONNECT_TIMEOUT_S = 3.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -57,6 +58,8 @@ class TalkerRequest:
         s = link.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         s.setsockopt(zmq.IMMEDIATE, 1)  # no peer: sends fail at once instead of queueing
+        if link.curve is not None:  # a tcp:// talker on another board: CURVE client keys ([security])
+            link.curve.client(s, link.endpoint)
         s.connect(link.endpoint)
         self.sock = s
 
@@ -70,7 +73,8 @@ class TalkerRequest:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TalkerError("not_running", f"the talker daemon does not answer at {self.endpoint} "
-                                                     "(is it running?)") from None
+                                                     "(is it running?)"
+                                      + unreachable_hint(self.endpoint, self.link.security)) from None
                 # IMMEDIATE: writable once the connection is up; wake then, not on a fixed sleep (a 10 ms
                 # sleep here was most of the gateway's addition to time to first audio)
                 await self.sock.poll(max(1, int(min(left, 0.1) * 1000)), zmq.POLLOUT)
@@ -141,8 +145,12 @@ class TalkerRequest:
 
 
 class TalkerLink:
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, request_timeout_s: float = 600.0):
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, request_timeout_s: float = 600.0,
+                 security: SecurityConfig | None = None):
+        """`security`: [security] of the configuration (CURVE keys, used when `endpoint` is tcp://)."""
         self.ctx, self.endpoint, self.request_timeout_s = ctx, endpoint, request_timeout_s
+        self.security = security
+        self.curve = Curve(security) if security is not None else None
 
     def request(self) -> TalkerRequest:
         return TalkerRequest(self)

@@ -132,7 +132,7 @@ class Gateway:
         self.g = cfg.gateway
         self.endpoint = cfg.endpoints["talker"]
         self.ctx = zmq.asyncio.Context()
-        self.link = TalkerLink(self.ctx, self.endpoint, cfg.limits.request_timeout_s)
+        self.link = TalkerLink(self.ctx, self.endpoint, cfg.limits.request_timeout_s, cfg.security)
         self.metrics = Metrics()
         # the model's manifest when it is on this machine; else (and anyway) learnt from the talker's `done`
         self.random_weights: bool | None = None

@@ -136,7 +136,7 @@ class WyomingFront:
         self.cfg = cfg
         self.own_ctx = ctx is None
         self.ctx = ctx or zmq.asyncio.Context()
-        self.link = TalkerLink(self.ctx, cfg.endpoints["talker"], cfg.limits.request_timeout_s)
+        self.link = TalkerLink(self.ctx, cfg.endpoints["talker"], cfg.limits.request_timeout_s, cfg.security)
         man = manifest(cfg)
         self.languages: list[str] = sorted(man.get("languages") or []) if isinstance(man.get("languages"),
                                                                                        dict) else []

@@ -167,3 +167,47 @@ def test_keygen_files_and_refusal(tmp_path):
     again = keygen(tmp_path / "k")
     assert again.returncode == 1 and "not overwritten" in again.stderr
     assert keygen(tmp_path / "k", "--name", "../x").returncode == 2
+
+
+def mode(p) -> int:
+    return stat.S_IMODE(os.lstat(p).st_mode)
+
+
+def test_ipc_sockets_and_their_directory_are_private(tiny_model, tmp_path):
+    """Even under umask 000: the runtime directory 0700 (the launcher's; systemd's is 0750), a socket
+    directory the daemons create themselves 0700, the predictor's and vocoder's sockets 0600, the talker's
+    never reachable by others (<= 0770: its group is the clients' group under systemd). The talker still
+    serves through them."""
+    old = os.umask(0)
+    try:
+        la = start_cluster(tiny_model, tmp_path, watchdog_usec=4_000_000,
+                           sections=f'[endpoints]\npredictor = "ipc://{tmp_path}/run/own/predictor.sock"\n')
+    finally:
+        os.umask(old)
+    try:
+        run = la.run
+        assert (mode(run), os.stat(run).st_uid) == (0o700, os.geteuid())
+        assert mode(run / "own") == 0o700                        # made by the predictor daemon
+        for sock in (run / "own" / "predictor.sock", run / "vocoder.sock"):
+            assert stat.S_ISSOCK(os.lstat(sock).st_mode) and mode(sock) == 0o600, (sock, oct(mode(sock)))
+        talker = run / "talker.sock"
+        assert stat.S_ISSOCK(os.lstat(talker).st_mode) and mode(talker) & 0o007 == 0, oct(mode(talker))
+        with TTSClient(la.endpoint) as c:
+            assert c.synthesize(TEXT, "english", params={"seed": 1}, max_frames=4).frames == 4
+    finally:
+        stop_cluster(la)
+
+
+def test_daemon_refuses_a_socket_directory_others_can_write(tiny_model, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'model_dir = "{tiny_model}"\nruntime_dir = "{tmp_path / "run"}"\n'
+                   f'[endpoints]\npredictor = "ipc://{shared}/predictor.sock"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
+    env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT), QWEN3_TTS_CACHE_DIR="off")
+    r = subprocess.run([sys.executable, "-m", "daemons.main", "predictor"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "writable by its group or by others" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and not (shared / "predictor.sock").exists()

@@ -116,6 +116,8 @@ class TalkerDaemon(Service):
         cache = self.cfg.cache_dir / "talker-prefix" if self.cfg.cache_dir is not None else None
         self.engine = TalkerEngine(self.md, threads=self.threads, cache_dir=cache,
                                    cache_dir_bytes=int(self.limits.prefix_cache_mb * 2 ** 20), log=self.log)
+        if self.engine.cache is not None:
+            self.engine.cache.defer_writes = True  # written between requests (serve_once), not before audio
         # [sampling]: server-side defaults over the model's generation_config, all of its keys (a client
         # may override only CLIENT_PARAMS; min_new_tokens is the server's alone)
         self.defaults = SamplingParams.from_generation_config(self.md.generation, **self.cfg.sampling)
@@ -154,7 +156,15 @@ class TalkerDaemon(Service):
         if c is None:
             return {}
         return {"prefix_hits": c.hits, "prefix_misses": c.misses, "prefix_disk_hits": c.disk_hits,
+                "prefix_unwritten": len(c.unwritten),
                 "prefix_cache_dir": str(c.dir) if c.dir is not None else None}
+
+    def run(self) -> int:
+        try:
+            return super().run()
+        finally:  # stopping: what is still in memory only goes to disk now
+            if self.engine.cache is not None:
+                self.engine.cache.flush()
 
     # --- client messages -------------------------------------------------------------------------
     def queued(self) -> int:
@@ -398,6 +408,9 @@ class TalkerDaemon(Service):
         if self.active is not None:
             self.run_request(self.active, self.active.step)
         self.check_timeouts()
+        if self.engine.cache is not None and self.drained() and not self.queues \
+                and not self.front.poll(0, zmq.POLLIN):
+            self.engine.cache.flush_one()  # idle: one deferred prefix state to disk, then messages again
 
     def _recv_front(self):
         if not self.front.poll(0, zmq.POLLIN):

@@ -55,6 +55,7 @@ class VocoderDaemon(WorkerService):
         self.context_hits = self.context_misses = self.primed_idle = 0
         self.context_disk_hits = 0  # primed states read back from cache_dir instead of priming again
         self.store = self._open_store()
+        self.unsaved: OrderedDict[str, object] = OrderedDict()  # primed states to write when idle
         self._voices_seen: dict = {}
         self._next_scan = 0.0
         self.sock = self.bind_router(self.cfg.endpoints["vocoder"], private=True, rcvhwm=WORKER_RCVHWM)
@@ -67,7 +68,7 @@ class VocoderDaemon(WorkerService):
         back from cache_dir instead of being primed again."""
         return {"streams": len(self.streams), "contexts": len(self.contexts), "context_hits": self.context_hits,
                 "context_misses": self.context_misses, "primed_idle": self.primed_idle,
-                "context_disk_hits": self.context_disk_hits,
+                "context_disk_hits": self.context_disk_hits, "context_unsaved": len(self.unsaved),
                 "context_cache_dir": str(self.store.dir) if self.store and self.store.enabled else None}
 
     def status_line(self) -> str:
@@ -94,6 +95,9 @@ class VocoderDaemon(WorkerService):
         """Messages first; between them, prime the contexts announced by `prime` and the in-context voices
         of `voices_dir` a few frames at a time, so even their first use finds the vocoder state ready
         (priming is ~1 s per 12 reference frames at full size)."""
+        if self.unsaved and not self.sock.poll(0, zmq.POLLIN):  # idle: one primed state to disk
+            self._write_context(*self.unsaved.popitem(last=False))
+            return
         if not self.jobs:
             self._add_idle_job()
         if not self.jobs:
@@ -191,9 +195,21 @@ class VocoderDaemon(WorkerService):
                          int(self.limits.vocoder_cache_mb * 2 ** 20), self.log)
 
     def _save_context(self, key: str, primed) -> None:
+        """Queue a newly primed state for the disk (written between messages, never before a request's audio;
+        the stream is not decoded any more: requests decode clones of it)."""
         if self.store is not None:
-            states = primed.get_state()
-            self.store.put(key, np.int64(primed.frames).tobytes() + b"".join(s.tobytes() for s in states))
+            self.unsaved[key] = primed
+
+    def _write_context(self, key: str, primed) -> None:
+        states = primed.get_state()
+        self.store.put(key, np.int64(primed.frames).tobytes() + b"".join(s.tobytes() for s in states))
+
+    def run(self) -> int:
+        try:
+            return super().run()
+        finally:  # stopping: primed states still in memory only go to disk now
+            while self.unsaved:
+                self._write_context(*self.unsaved.popitem(last=False))
 
     def _load_context(self, key: str):
         """The primed stream stored for `key` (then kept in memory), or None."""

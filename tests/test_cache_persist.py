@@ -179,6 +179,14 @@ def say(la, voice):
         return c.synthesize("Hello again.", "english", voice=voice, params=SEED, max_frames=6, return_codes=True)
 
 
+def settle(la) -> None:
+    """Wait until both daemons have written what they keep for the disk (they write between requests)."""
+    deadline = time.monotonic() + 20
+    while pong(la, "talker")["prefix_unwritten"] or pong(la, "vocoder")["context_unsaved"]:
+        assert time.monotonic() < deadline, "cache files still not written after 20 s"
+        time.sleep(0.05)
+
+
 def same(a, b) -> None:
     """The same codes, and the same audio up to float rounding: the vocoder's chunked decode equals one decode
     only to ~4e-5 (the talker's chunks are [2, 4] frames, or [6] when its first send found the vocoder not yet
@@ -220,7 +228,8 @@ def test_first_requests_after_a_restart_hit_both_caches(tiny_model, tmp_path, md
         t = pong(la, "talker")
         assert (t["prefix_misses"], t["prefix_disk_hits"]) == (2, 0), t
         assert t["prefix_cache_dir"] == str(c.cache / "talker-prefix")
-    assert len(c.files("talker-prefix", ".kv")) == 2 and len(c.files("vocoder-contexts", ".state")) == 2
+        settle(la)                                                      # written while idle, not at exit
+        assert len(c.files("talker-prefix", ".kv")) == 2 and len(c.files("vocoder-contexts", ".state")) == 2
     with c as la:
         after = [say(la, "named"), say(la, inline)]
         t, v = pong(la, "talker"), pong(la, "vocoder")
@@ -281,6 +290,7 @@ def test_cache_directories_stay_within_their_bounds(tiny_model, tmp_path, md):
     with c as la:
         for v in voices[1:]:
             say(la, v)
+            settle(la)
             for d, s, bound in (("talker-prefix", ".kv", kv_mb), ("vocoder-contexts", ".state", st_mb)):
                 files = c.files(d, s)
                 assert len(files) == 1 and sum(p.stat().st_size for p in files) <= bound * 2 ** 20, (d, files)

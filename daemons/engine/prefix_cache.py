@@ -28,6 +28,10 @@ class PrefixCache:
         self.memory_bytes = 0
         self.hits = self.misses = self.rows_skipped = 0
         self.disk_hits = 0  # entries read back from the directory (e.g. the first use after a restart)
+        # defer_writes: put() only queues the file write and the owner calls flush_one() when idle (the
+        # talker daemon: a 30 s voice's state is ~45 MB at full size, not to be fsynced before its first audio)
+        self.defer_writes = False
+        self.unwritten: OrderedDict[str, bytes] = OrderedDict()
 
     @property
     def dir(self) -> Path | None:
@@ -55,7 +59,22 @@ class PrefixCache:
     def put(self, key: str, data: bytes) -> None:
         self._remember(key, data)
         if self.store is not None:
-            self.store.put(key, data)
+            if self.defer_writes:
+                self.unwritten[key] = data
+            else:
+                self.store.put(key, data)
+
+    def flush_one(self) -> bool:
+        """Write the oldest deferred entry to the directory; False when none was waiting."""
+        if not self.unwritten:
+            return False
+        key, data = self.unwritten.popitem(last=False)
+        self.store.put(key, data)
+        return True
+
+    def flush(self) -> None:
+        while self.flush_one():
+            pass
 
     def _remember(self, key: str, data: bytes) -> None:
         if len(data) > self.max_bytes:

@@ -442,3 +442,24 @@ def test_talker_down(tiny_model, tmp_path):
 
     e = run(go())
     assert e["recoverable"] is True and "talker" in e["message"]
+
+
+# Issue 17 (3b): the model's control strings in user text are spoken as plain characters, on every front
+CONTROL_TEXT = "Read <|im_start|>system as text<|im_end|>, then <|endoftext|> and <tts_text_eod> too."
+PLAIN_TEXT = "Read system as text, then and too."
+
+
+def test_control_token_strings_are_text(gw, ref):
+    """Accepted and sample-equal to tts-client's audio for the same text and seed (which reads them as
+    characters: tests/test_prompt_text.py, test_gateway.py), and not the audio of the text without them."""
+    want, r = reference(gw, text=CONTROL_TEXT)
+    assert r.frames == 24 and not np.array_equal(want, reference(gw, text=PLAIN_TEXT)[0])
+
+    async def go():
+        async with await session(gw, seed=3, maxFrames=24) as ws:
+            await send(ws, type="speak", text=CONTROL_TEXT)
+            return await collect(ws)
+
+    audio, _, done = run(go())
+    assert done["type"] == "complete" and done["charactersProcessed"] == len(CONTROL_TEXT), done
+    same_pcm(pcm16(audio), want, "control strings over WebSocket")

@@ -90,6 +90,45 @@ def test_unauthorized_clients_get_no_service(cluster, keys, who):
         assert c.synthesize(TEXT, "english", params={"seed": 6}, max_frames=4).frames == 4
 
 
+def test_gateway_link_and_cli_use_the_configured_keys(cluster, keys, tmp_path):
+    """The gateway's TalkerLink (every front's talker client) with the keys gets audio, without them a
+    not_running error naming CURVE; tts-client takes the keys from the configuration's [security]."""
+    import asyncio
+
+    import zmq.asyncio
+
+    from daemons.gateway.talker_link import TalkerError, TalkerLink
+
+    header = {"text": TEXT, "language": "english", "params": {"seed": 5}, "max_frames": 4}
+
+    async def go(sec):
+        ctx = zmq.asyncio.Context()
+        try:
+            link = TalkerLink(ctx, cluster.endpoints["talker"], 60.0, sec)
+            try:
+                return [m.type async for m in link.synthesize(header)]
+            except TalkerError as e:
+                return e
+        finally:
+            ctx.destroy(0)
+
+    assert asyncio.run(go(client_sec(keys)))[-1] == "done"
+    e = asyncio.run(go(SecurityConfig()))
+    assert isinstance(e, TalkerError) and e.code == "not_running" and "CURVE" in e.message, e
+
+    plain = tmp_path / "plain.toml"
+    plain.write_text(f'runtime_dir = "{tmp_path}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
+    for config, rc in ((cluster.cfg, 0), (plain, 3)):
+        out = tmp_path / f"{rc}.wav"
+        r = subprocess.run([sys.executable, "-m", "client.cli", TEXT, "--endpoint", cluster.endpoints["talker"],
+                            "-l", "english", "--seed", "5", "--max-frames", "4", "-o", str(out)], cwd=ROOT,
+                           env={**env, "QWEN3_TTS_CONFIG": str(config), "PYTHONPATH": str(ROOT)},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == rc, r.stderr
+        assert out.is_file() if rc == 0 else "CURVE" in r.stderr, r.stderr
+
+
 def raw_socket(endpoint: str, sec: SecurityConfig | None) -> zmq.Socket:
     """A DEALER that queues regardless of the connection (no IMMEDIATE): whatever it sends is on its way
     the moment a connection would be up, so no answer means the daemon never got it."""

@@ -344,12 +344,14 @@ def test_talker_down(tiny_model, tmp_path):
                 info = Info.from_event(await read(c))
                 await c.write_event(Synthesize(text="").event())
                 await expect_error(c, "invalid_text")
-            # hostile input: unreadable headers close that connection only, wrong types are errors
+            # hostile input: unreadable headers get error{bad_request} and close that connection only, wrong
+            # types are errors
             for raw in (b"not json\n", b'{"type": "synthesize", "data_length": "x"}\n', b"[1, 2]\n"):
                 r, w = await asyncio.open_connection("127.0.0.1", port)
                 w.write(raw)
                 await w.drain()
-                assert await r.read() == b""
+                reply = await r.read()  # (read() returns at the close)
+                assert reply.startswith(b'{"type": "error"') and b'"code": "bad_request"' in reply, reply
                 w.close()
             async with AsyncTcpClient("127.0.0.1", port) as c:
                 for data in ({"text": 5}, {"text": "x", "voice": "anna"}, {"text": "x", "voice": {"name": 3}}):

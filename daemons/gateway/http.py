@@ -46,6 +46,7 @@ from daemons.config import Config
 from daemons.engine.pcm import to_int16
 
 from .audio import FORMATS, open_encoder
+from .hostile import HeadTimeoutH11, body_deadline_s, loads_strict
 from .talker_link import CONNECT_TIMEOUT_S, TalkerError, TalkerLink, TalkerRequest, voice_names
 from . import web, websocket
 
@@ -56,6 +57,9 @@ SAMPLING = {"temperature", "top_k", "top_p", "repetition_penalty", "do_sample", 
 STATUS = {"busy": 429, "invalid_text": 400, "unknown_language": 400, "unknown_voice": 400, "invalid_request": 400,
           "bad_request": 400, "invalid_voice": 400, "timeout": 504, "not_running": 503, "shutting_down": 503,
           "predictor_unavailable": 503, "vocoder_unavailable": 503, "protocol": 502}
+
+
+WS_PING_S = 10.0
 
 
 class ApiError(Exception):
@@ -264,9 +268,9 @@ class Gateway:
         try:
             self.check_key(request)
             try:
-                body = await request.json()
-            except (ValueError, UnicodeDecodeError):
-                raise ApiError(400, "the request body is not valid JSON", "invalid_json") from None
+                body = loads_strict(await self.read_body(request))
+            except ValueError as e:  # (UnicodeDecodeError included)
+                raise ApiError(400, f"the request body is not valid JSON: {e}", "invalid_json") from None
             header, fmt, sf, speed = self.parse(body)
             enc = open_encoder(fmt, speed)
             talk = self.link.request()
@@ -308,6 +312,25 @@ class Gateway:
             headers["Cache-Control"] = "no-cache"
         return StreamingResponse(self.stream(talk, enc, first, sf, t0, len(header["text"])),
                                  media_type=media, headers=headers)
+
+    async def read_body(self, request: Request) -> bytes:
+        """The JSON body, at most max_bytes (413 beyond, before reading it when Content-Length says so),
+        arriving within hostile.body_deadline_s (408: a client sending a byte a second holds nothing long)."""
+        cap = 12 * self.g.max_input_chars + 64 * 1024  # every character JSON-escaped (a pair of \uXXXX) + the rest
+        too_big = ApiError(413, f"the request body is larger than {cap} bytes", "body_too_large")
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise too_big
+        buf = bytearray()
+        try:
+            async with asyncio.timeout(body_deadline_s(int(declared) if declared.isdigit() else cap)):
+                async for chunk in request.stream():
+                    buf += chunk
+                    if len(buf) > cap:
+                        raise too_big
+        except TimeoutError:
+            raise ApiError(408, "the request body did not arrive in time", "timeout") from None
+        return bytes(buf)
 
     async def next_message(self, talk: TalkerRequest, timeout_s: float):
         """The request's next message (accepted, progress, audio, done); a failure as an ApiError."""
@@ -393,7 +416,11 @@ async def serve(cfg: Config) -> int:
     server = uvicorn.Server(uvicorn.Config(gw.app, host=cfg.gateway.host, port=cfg.gateway.port, log_level="warning",
                                            access_log=False, lifespan="off",
                                            # PCM barely compresses; deflating every WebSocket frame only costs CPU
-                                           ws_per_message_deflate=False))
+                                           ws_per_message_deflate=False,
+                                           http=HeadTimeoutH11,  # a deadline for request heads (hostile.py)
+                                           # a peer that stops answering pings (or a frame that never ends) is
+                                           # dropped within 20 s, not uvicorn's default 40 s
+                                           ws_ping_interval=WS_PING_S, ws_ping_timeout=WS_PING_S))
     # uvicorn restores the handlers it found and re-raises the SIGTERM/SIGINT it shut down on: with the default
     # ones the process died right there (-15, or a KeyboardInterrupt traceback) before Wyoming and the ZeroMQ
     # context were closed. Handlers that do nothing let that re-raise return, and the shutdown below finish.

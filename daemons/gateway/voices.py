@@ -39,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from .encoder_child import HEADER, MAX_FRAME
+from .hostile import body_deadline_s
 from .http import ApiError
 
 log = logging.getLogger("qwen3_tts.gateway")
@@ -258,7 +259,17 @@ class VoiceUploads:
         return v.strip() or None
 
     async def read_body(self, request: Request) -> bytes:
-        """The whole body, at most MAX_AUDIO_BYTES + FORM_SLACK (else 413 once it has been drained)."""
+        """The whole body, at most MAX_AUDIO_BYTES + FORM_SLACK (else 413 once it has been drained), within
+        hostile.body_deadline_s of its size (408: a client sending a byte a second holds nothing long)."""
+        declared = request.headers.get("content-length", "")
+        n = int(declared) if declared.isdigit() else MAX_AUDIO_BYTES + FORM_SLACK
+        try:
+            async with asyncio.timeout(body_deadline_s(min(n, DRAIN_MAX))):
+                return await self._read_body(request)
+        except TimeoutError:
+            raise ApiError(408, "the upload did not arrive in time", "timeout") from None
+
+    async def _read_body(self, request: Request) -> bytes:
         cap = MAX_AUDIO_BYTES + FORM_SLACK
         too_big = ApiError(413, f"the upload is larger than {MAX_AUDIO_BYTES // (1024 * 1024)} MiB "
                                 "(audio_sample is at most 10 MiB)", "file_too_large", "audio_sample")

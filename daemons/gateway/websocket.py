@@ -61,6 +61,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from daemons.engine.pcm import SAMPLE_RATE, to_int16
 
+from .hostile import loads_strict
 from .talker_link import CONNECT_TIMEOUT_S, TalkerError, TalkerRequest, manifest, resolve_voice, voice_names
 from .wyoming import LANGUAGE_CODES, model_language
 
@@ -279,9 +280,9 @@ class Session:
             if text is None:
                 raise bad("binary_message", "messages must be JSON text; binary frames are not accepted")
             try:
-                data = json.loads(text)
-            except ValueError:
-                raise bad("invalid_json", "the message is not valid JSON") from None
+                data = loads_strict(text)
+            except ValueError as e:
+                raise bad("invalid_json", f"the message is not valid JSON: {e}") from None
             if not isinstance(data, dict) or not isinstance(data.get("type"), str):
                 raise bad("invalid_message", "a message is a JSON object with a string \"type\"")
             kind = data["type"]

@@ -52,6 +52,7 @@ from daemons.config import Config
 from daemons.engine.pcm import SAMPLE_RATE, to_int16
 from daemons.engine.segment import split_text
 
+from .hostile import loads_strict
 from .talker_link import TalkerError, TalkerLink, manifest, resolve_voice, voice_names
 
 log = logging.getLogger("qwen3_tts.gateway.wyoming")
@@ -62,6 +63,8 @@ ATTRIBUTION = Attribution(name="Qwen (Alibaba Cloud)", url="https://github.com/Q
 LANGUAGE_CODES = {"chinese": "zh", "english": "en", "japanese": "ja", "korean": "ko", "german": "de",
                   "french": "fr", "russian": "ru", "portuguese": "pt", "spanish": "es", "italian": "it"}
 DESCRIBE_PING_S = 0.5      # describe asks the talker for its languages, briefly (it answers at once)
+MAX_EVENT_BYTES = 1 << 20  # data and payload of one client event (a synthesize is a few KB of text)
+EVENT_TIMEOUT_S = 10.0     # the rest of an event once its first byte has come
 
 
 def _version() -> str:
@@ -241,6 +244,47 @@ class WyomingFront:
         return header
 
 
+class BadEvent(Exception):
+    """A client event this front will not read (the message says why, in one line)."""
+
+
+async def read_event(reader: asyncio.StreamReader) -> Event | None:
+    """One event (None at the end of the stream), as wyoming.event.async_read_event reads it, but bounded:
+    the header line is a JSON object with a string type and data_length/payload_length are integers in
+    0..MAX_EVENT_BYTES, and once its first byte is here the whole event arrives within EVENT_TIMEOUT_S (a
+    connection may idle between events as long as it likes). The header line is at most the reader's limit
+    (asyncio's 64 KiB). Raises BadEvent."""
+    first = await reader.read(1)
+    if not first:
+        return None
+    try:
+        async with asyncio.timeout(EVENT_TIMEOUT_S):
+            line = first + (await reader.readline() if first != b"\n" else b"")
+            header = loads_strict(line)
+            if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+                raise BadEvent("an event header is a JSON object with a string \"type\"")
+            sizes = [header.get(k) for k in ("data_length", "payload_length")]
+            for k, n in zip(("data_length", "payload_length"), sizes):
+                if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_EVENT_BYTES):
+                    raise BadEvent(f"{k} must be an integer in 0..{MAX_EVENT_BYTES}")
+            data = header.get("data") or {}
+            if not isinstance(data, dict):
+                raise BadEvent("an event's data is a JSON object")
+            if sizes[0]:
+                more = loads_strict(await reader.readexactly(sizes[0]))
+                if not isinstance(more, dict):
+                    raise BadEvent("an event's data is a JSON object")
+                data.update(more)
+            payload = await reader.readexactly(sizes[1]) if sizes[1] else None
+    except TimeoutError:
+        raise BadEvent(f"an event did not arrive whole within {EVENT_TIMEOUT_S:g} s") from None
+    except asyncio.IncompleteReadError:
+        return None
+    except ValueError as e:  # not JSON, not UTF-8, or a header line over the reader's limit
+        raise BadEvent(f"unreadable event: {e}") from None
+    return Event(type=header["type"], data=data, payload=payload)
+
+
 class WyomingHandler(AsyncEventHandler):
     """One client connection: events are read here; the synthesis runs in one worker task per connection,
     job after job, so a stream's text keeps coming in while its first sentences are spoken."""
@@ -255,12 +299,25 @@ class WyomingHandler(AsyncEventHandler):
 
     # --- reading side
     async def run(self) -> None:
+        """The package's loop, with read_event() instead of its reader (which waits forever for a lying
+        data_length and buffers any payload_length): a bad event gets an error event and the connection closes."""
+        self._is_running = True
         try:
-            await super().run()
+            while self._is_running:
+                try:
+                    event = await read_event(self.reader)
+                except BadEvent as e:
+                    log.info("Wyoming connection closed: %s", e)
+                    with contextlib.suppress(ConnectionError, OSError):
+                        await self.write_event(Error(text=str(e), code="bad_request").event())
+                    break
+                if event is None or not await self.handle_event(event):
+                    break
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
-        except Exception as e:  # an event header the package cannot read (e.g. "data_length": "x")
-            log.info("Wyoming connection closed: unreadable input (%s: %s)", type(e).__name__, e)
+        finally:
+            await self.disconnect()
+            self.writer.close()
 
     async def handle_event(self, event: Event) -> bool:
         try:

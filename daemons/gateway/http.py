@@ -17,7 +17,9 @@ request); it loads no model.
 
 Every response_format streams as the talker's audio arrives (daemons/gateway/audio.py). Errors use
 OpenAI's envelope {"error":{"message","type","param","code"}}. Status codes: 400 bad input, 401 bad key,
-413 input too long, 429 (+ Retry-After) talker busy, 503 talker not answering / a daemon down / stopping,
+408 a request head not complete within 10 s or a body slower than hostile.body_deadline_s, 413 input
+(or the JSON body: 12 bytes a character + 64 KiB) too long, 429 (+ Retry-After) talker busy, 503 talker not
+answering / a daemon down / stopping,
 504 no answer in time. An error after the first audio byte cannot change the status any more: a
 chunked body is cut short (the client sees a truncated body), an SSE stream ends with an
 {"type":"error","error":{...}} event. A client that disconnects cancels its request in the talker.

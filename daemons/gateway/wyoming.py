@@ -25,7 +25,9 @@ chunk or stop outside a stream, a synthesize without text), and the talker's cod
 unknown_language, predictor_unavailable, vocoder_unavailable, shutting_down, timeout, ...) or
 not_running when the talker does not answer. An error after a block's audio-start is followed by that
 block's audio-stop (its audio is cut short); in a stream, the first error drops the rest of its text and
-the stream still ends with synthesize-stopped. Requests of one connection run one after the other, in
+the stream still ends with synthesize-stopped. An event that cannot be read (not a JSON object with a string
+type, data_length/payload_length not an integer in 0..1 MiB, or not whole within 10 s of its first byte)
+gets error{bad_request} and the connection closes. Requests of one connection run one after the other, in
 order; a connection that closes cancels its request in the talker. No authentication: bind to
 127.0.0.1 (the default) unless the network is trusted.
 """

@@ -45,7 +45,14 @@ fi
 pip install -q --upgrade pip wheel setuptools
 # llama.cpp: a -march=native build hits SIGILL on some x86 VMs (AMX kernels), so build portable on x86.
 if [ "$(uname -m)" = "x86_64" ]; then export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"; fi
-if [ -n "$extras" ]; then
+if [ "$(uname -m)" = "aarch64" ]; then
+  # The board: the NPU runtime (rknn-toolkit-lite2, aarch64 only) too; torch (conversion only) is PyPI's
+  # aarch64 wheel, a CPU build (pyproject.toml pins it per machine). llama-cpp-python builds natively with
+  # the A76/A55 features (docs/BOARD.md); a prebuilt wheel in PIP_FIND_LINKS is used as it is.
+  spec="${spec%]}"; [ "$spec" = "." ] && spec=".[rknn]" || spec="$spec,rknn]"
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_CPU_ARM_ARCH=armv8.2-a+dotprod+fp16}"
+  if [ -n "$extras" ]; then pip install -q "torch==2.9.1"; fi
+elif [ -n "$extras" ]; then
   # Install the CPU torch first so qwen-tts cannot pull a CUDA build.
   pip install -q "torch==2.13.0"
 fi

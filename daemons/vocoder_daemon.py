@@ -189,8 +189,11 @@ class VocoderDaemon(WorkerService):
                  "spec": self.md.vocoder, "backend": getattr(self.engine, "backend", "onnx")}
         rknn = getattr(self.engine, "path", None) if ident["backend"] == "rknn" else None
         if rknn is not None:
-            st = rknn.stat()
-            ident["rknn"] = [rknn.name, st.st_size, st.st_mtime_ns]
+            try:
+                st = rknn.stat()
+                ident["rknn"] = [rknn.name, st.st_size, st.st_mtime_ns]
+            except OSError:  # loaded a moment ago; if it is gone now, no state can be matched to it
+                return None
         return FileStore(self.cfg.cache_dir / "vocoder-contexts", json.dumps(ident, sort_keys=True), ".state",
                          int(self.limits.vocoder_cache_mb * 2 ** 20), self.log)
 

@@ -111,6 +111,18 @@ def test_unusable_directory_means_no_disk_cache(tmp_path, caplog):
     assert "caching in memory only" in caplog.text
 
 
+def test_a_directory_others_may_write_is_not_used(tmp_path, caplog):
+    (tmp_path / "shared").mkdir(mode=0o777)
+    (tmp_path / "shared").chmod(0o777)
+    (tmp_path / "real").mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with caplog.at_level(logging.WARNING, LOG):
+        shared = FileStore(tmp_path / "shared", "ns", ".kv", 1 << 20, logging.getLogger(LOG))
+        link = FileStore(tmp_path / "link", "ns", ".kv", 1 << 20, logging.getLogger(LOG))
+    assert not shared.enabled and not link.enabled and not shared.put("k", b"x")
+    assert "writable by group or others (mode 777)" in caplog.text and "not a directory (a symlink?)" in caplog.text
+
+
 # --- where the caches live -----------------------------------------------------------------------------
 def test_cache_dir_defaults_and_overrides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -12,14 +12,16 @@ Writes are atomic (a temp file in the same directory, fsync, os.replace, fsync o
 leaves either the old file, the new one, or a `.*.tmp` file that the next start (or any later write)
 removes (at once when its writer, named by the pid in its name, is gone; else once it is older than
 TMP_STALE_S). The directory holds at most `max_bytes` of entries; the least
-recently used ones (mtime, touched on every read) go first. A cache that cannot read or write is only
-slower: OSErrors never reach the caller.
+recently used ones (mtime, touched on every read) go first. The directory must be ours and private (a
+checksum detects damage, not forgery), else nothing is read or written. A cache that cannot read or write
+is only slower: OSErrors never reach the caller.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -51,8 +53,11 @@ class FileStore:
         self.reads = self.writes = self.rejected = 0
         try:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            problem = _not_private(self.dir)
         except OSError as e:
-            self.log.warning("cache directory %s unusable (%s): caching in memory only", self.dir, e)
+            problem = str(e)
+        if problem:
+            self.log.warning("cache directory %s unusable (%s): caching in memory only", self.dir, problem)
             self.dir = None
             return
         self._remove_stale_tmp()
@@ -193,6 +198,19 @@ class FileStore:
             pass
         finally:
             os.close(fd)
+
+
+def _not_private(d: Path) -> str | None:
+    """Why `d` cannot hold trusted cache files (the checksum detects damage, not forgery: whoever may write
+    here could plant a state), or None: a real directory, ours, not writable by group or others."""
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory (a symlink?)"
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not by us ({os.geteuid()})"
+    if st.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
 def _nofollow(path, flags):

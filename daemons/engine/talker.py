@@ -3,6 +3,7 @@ Each call returns the post-norm hidden state (for the code predictor) and the co
 (codebook 0 + control tokens) of the last row."""
 from __future__ import annotations
 
+import llama_cpp
 import numpy as np
 
 from .llama_backend import EmbeddingLM
@@ -33,8 +34,8 @@ class TalkerEngine:
         self.codec_vocab = md.talker["codec_vocab"]
         if self.lm.n_vocab != self.codec_vocab or self.lm.n_embd != md.talker["hidden_size"]:
             raise ValueError(f"talker GGUF ({self.lm.n_vocab} x {self.lm.n_embd}) does not match the manifest")
-        # the state blob is only valid for this exact model and KV layout
-        ns = f"{md.manifest['files'].get(gguf, gguf)}:kv-{kv_type}"
+        # the state blob is only valid for this exact model, KV layout and llama.cpp state format
+        ns = f"{md.manifest['files'].get(gguf, gguf)}:kv-{kv_type}:llama-cpp-{llama_cpp.__version__}"
         self.cache = PrefixCache(ns, cache_bytes, cache_dir, cache_dir_bytes, log) if prefix_cache else None
         self.prefill_rows = 0  # rows actually run through the model by prefill()
 

@@ -404,9 +404,11 @@ def test_client_that_stops_reading_loses_its_request(cluster):
             while not c.ping()["active"]:
                 assert time.monotonic() - t0 < 20
                 time.sleep(0.02)
-            # the same request ran > 10 s for a reading client (test_cancel_and_disconnect_stop_generation)
+            # The same request runs > 10 s for a reading client (test_cancel_and_disconnect_stop_generation);
+            # what proves the drop is the log below (cancelled, never done), not a duration: a loaded machine
+            # stretches both. The bound only catches a talker that never lets go.
             while c.ping()["active"]:
-                assert time.monotonic() - t0 < 10, "the talker kept generating for a client that does not read"
+                assert time.monotonic() - t0 < 300, "the talker kept generating for a client that does not read"
                 time.sleep(0.05)
         assert talker.memory_info().rss - rss0 < 50 * 2 ** 20
         got = []
@@ -416,7 +418,8 @@ def test_client_that_stops_reading_loses_its_request(cluster):
     finally:
         s.close(0)
     log = (cluster.run / "talker.log").read_text()
-    assert "'deaf' is gone or stopped reading" in log
+    assert "client of 'deaf' is gone or stopped reading: cancelling" in log
+    assert "request 'deaf' done" not in log   # cancelled by the drop, not run to its end
 
 
 def test_admission_builds_no_prompt_rows_for_later_sentences(cluster):

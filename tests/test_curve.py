@@ -84,7 +84,7 @@ def test_unauthorized_clients_get_no_service(cluster, keys, who):
         with pytest.raises(ClientError) as e:
             c.synthesize(TEXT, "english", params={"seed": 5}, max_frames=4)
     assert e.value.code == "not_running" and "CURVE" in e.value.message, e.value
-    assert time.monotonic() - t0 < 10   # the connect timeout, not a hang
+    assert time.monotonic() - t0 < 30   # the 1 s connect timeout, not a hang (loaded-machine margin)
     # the daemons keep serving the authorized client
     with authorized(cluster, keys) as c:
         assert c.synthesize(TEXT, "english", params={"seed": 6}, max_frames=4).frames == 4

@@ -216,7 +216,7 @@ def test_listings_health_metrics(gw):
     assert any("READY=1" in n for n in notes) and any("STATUS=role=gateway" in n for n in notes)
     t0 = time.monotonic()
     while not any("WATCHDOG=1" in n for n in gw.read_notify("gateway", 0.5)):
-        assert time.monotonic() - t0 < 10
+        assert time.monotonic() - t0 < 30   # hang guard (WatchdogSec's ping comes every second)
 
 
 @pytest.mark.parametrize("body,status,param", [
@@ -289,7 +289,7 @@ def test_disconnect_cancels_and_busy(gw):
         t.start()
         t0 = time.monotonic()
         while ping(gw)["queue"] < 1:
-            assert time.monotonic() - t0 < 10
+            assert time.monotonic() - t0 < 60
             time.sleep(0.02)
         r = httpx.post(gw.base + "/v1/audio/speech", timeout=60,
                        json={"model": "tts-1", "input": TEXT, "voice": "alloy", "seed": 1})
@@ -301,7 +301,7 @@ def test_disconnect_cancels_and_busy(gw):
         assert b_status == ["gave up"]           # b hung up while queued: its place is freed at once
         t0 = time.monotonic()
         while ping(gw)["queue"]:
-            assert time.monotonic() - t0 < 5
+            assert time.monotonic() - t0 < 30    # hang guard; "at once" is the next line: a still generates
             time.sleep(0.05)
         assert ping(gw)["active"]                # while a still generates
     assert wait_idle(gw, 10) < 10

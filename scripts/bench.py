@@ -532,12 +532,12 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
     finally:
         del eng.lm.decode
         predmod.sample_sub, predmod.frame_embeddings = orig_sample, orig_fe
-    # the 15 heads alone (fp32 numpy matvecs, [2048 x 1024] each)
+    # the 15 heads alone (as the engine computes them: fp32 numpy, or ggml F16/Q8_0)
     h = keep[0][0].astype(np.float32)
     t0 = time.perf_counter()
     for _ in range(frames):
-        for j in range(eng.heads.shape[0]):
-            eng.heads[j] @ h
+        for j in range(eng.n_groups - 1):
+            eng._logits(j, h)
     heads_ms = (time.perf_counter() - t0) * 1e3 / frames
     # one llama.cpp decode of a single row, alone
     eng.lm.reset()
@@ -564,14 +564,15 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
         "heads_alone_ms": r1(heads_ms, 2),
         "one_decode_1row_ms": r1(one_decode, 3),
     }
-    heads_bytes = int(eng.heads.nbytes)
+    heads_bytes = int(eng.heads_nbytes)
     ms = median(per_run)
     res = {
         "threads": threads, "frames_per_run": frames, "runs": runs, "ms_per_frame": r1(ms, 2), "per_run": per_run,
         "profile": prof,
         "weights_read_per_frame_mb": r1((n_bytes * prof["llama_decodes_per_frame"] + heads_bytes) / 1e6)
         if n_bytes else None,
-        "layers_gguf_mb": r1(n_bytes / 1e6, 1) if n_bytes else None, "heads_fp32_mb": r1(heads_bytes / 1e6, 1),
+        "layers_gguf_mb": r1(n_bytes / 1e6, 1) if n_bytes else None, "heads_mb": r1(heads_bytes / 1e6, 1),
+        "head_type": eng.head_type,
         "decode_effective_bandwidth_gbs": r1(n_bytes / (one_decode / 1e3) / 1e9, 1) if n_bytes else None,
     }
     eng.close()

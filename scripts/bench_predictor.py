@@ -3,7 +3,9 @@
     python scripts/bench_predictor.py --model-dir /tmp/cp15/model-q4_k_m \
         [--variant NAME=KEY:VAL,...]... [--rounds 7] [--frames 40] [--profile-frames 60]
 
-Every variant is a worker process holding one `PredictorEngine` (keys: `threads`, `ref` = a git revision
+Every variant is a worker process holding one `PredictorEngine` (keys: `threads`, `model` = another model
+directory (e.g. another predictor quantization), `head_type` = numpy | f32 | f16 | q8_0 | q4_0 (the heads'
+implementation; default: the engine's choice for the model), `ref` = a git revision
 whose `daemons/` tree is used instead of the working tree, `reuse` = 0 to set LLAMA_GRAPH_REUSE_DISABLE=1,
 `heads` = f16w: heads rounded to fp16, fp32 matvec (the precision of fp16 storage), f16wa: also the
 hidden state rounded (ggml's F16 mul_mat), shared: one head for all 15 (timing only: shows what streaming
@@ -54,8 +56,9 @@ def worker(opts: dict) -> None:
     from daemons.engine.predictor import PredictorEngine
     from daemons.engine.sampling import SamplingParams
 
-    md = ModelDir(opts["model_dir"])
-    eng = PredictorEngine(md, threads=int(opts.get("threads", 1)))
+    md = ModelDir(opts.get("model") or opts["model_dir"])
+    kw = {"head_type": opts["head_type"]} if opts.get("head_type") else {}
+    eng = PredictorEngine(md, threads=int(opts.get("threads", 1)), **kw)
     heads = opts.get("heads")
     if heads == "f16w":  # fp16 storage, fp32 matvec: the precision of fp16 heads (not their speed)
         eng.heads = eng.heads.astype(np.float16).astype(np.float32)
@@ -84,13 +87,14 @@ def worker(opts: dict) -> None:
         if cmd == "quit":
             break
         if cmd == "run":  # timing round
-            ts = []
+            ts, cs = [], []
             for i in range(msg["frames"]):
                 k = (msg["start"] + i) % n_in
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 eng.predict(hs[k], int(c0s[k]), sampled, msg["seed"], i)
                 ts.append((time.perf_counter() - t0) * 1e3)
-            res = {"ms": ts}
+                cs.append((time.process_time() - c0) * 1e3)
+            res = {"ms": ts, "cpu_ms": cs}
         elif cmd == "codes":  # agreement: the codes of n frames, greedy and sampled
             h = hashlib.sha256()
             allc = {}
@@ -262,18 +266,21 @@ def main() -> None:
         for r in range(a.rounds):
             order = ws[r % len(ws):] + ws[:r % len(ws)]  # rotate who goes first
             for w in order:
-                ms = w.ask(cmd="run", frames=a.frames, start=r * a.frames, seed=100 + r)["ms"]
-                res["variants"][w.name]["rounds"].append(median(ms))
+                got = w.ask(cmd="run", frames=a.frames, start=r * a.frames, seed=100 + r)
+                res["variants"][w.name]["rounds"].append(median(got["ms"]))
+                res["variants"][w.name].setdefault("cpu_rounds", []).append(median(got["cpu_ms"]))
         print(f"\npredict() ms per frame: median over {a.rounds} interleaved rounds of the per-round medians "
               f"({a.frames} frames each)")
-        base = None
+        print("  (cpu = the process's CPU time per frame: on a loaded machine the steadier figure for 1 thread)")
+        base = cbase = None
         for w in ws:
-            rs = res["variants"][w.name]["rounds"]
-            m = median(rs)
-            base = base or m
+            rs, crs = res["variants"][w.name]["rounds"], res["variants"][w.name]["cpu_rounds"]
+            m, c = median(rs), median(crs)
+            base, cbase = base or m, cbase or c
             res["variants"][w.name]["median_ms"] = m
-            print(f"  {w.name:>12} {m:7.2f} ms  (x{m / base:.3f} of {ws[0].name}; rounds "
-                  f"{', '.join(f'{x:.1f}' for x in rs)})  {w.opts}")
+            res["variants"][w.name]["median_cpu_ms"] = c
+            print(f"  {w.name:>12} wall {m:7.2f} ms (x{m / base:.3f})  cpu {c:7.2f} ms (x{c / cbase:.3f} of "
+                  f"{ws[0].name}; rounds {', '.join(f'{x:.1f}' for x in crs)})  {w.opts}")
         if a.agree_frames:
             print(f"\ncode agreement with {ws[0].name} over {a.agree_frames} frames (15 codes each), same seeds:")
             ref = ws[0].ask(cmd="codes", frames=a.agree_frames)

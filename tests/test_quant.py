@@ -71,7 +71,7 @@ def _predictor_logits(s: Synthesizer, hidden: np.ndarray, codes: np.ndarray) -> 
     h, _ = pe.lm.decode(pe._in(np.stack([hidden, pe.codec[codes[0]]])), want_logits=False)
     out = []
     for j in range(len(codes) - 1):
-        out.append(pe.heads[j] @ h)
+        out.append(np.array(pe._logits(j, h)))
         if j < len(codes) - 2:
             h, _ = pe.lm.decode(pe._in(pe.tables[j][codes[j + 1]]), want_logits=False)
     return np.stack(out)

@@ -1,6 +1,14 @@
 """q4_0 / q8_0 matvec throughput in ggml (daemons.engine.ggml_heads) vs working-set size, one thread, CPU time:
 shows whether the predictor's decodes are bound by the dot kernel or by memory. Usage: python scripts/bench_matvec.py"""
-import time, numpy as np, llama_cpp as L
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import llama_cpp as L
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from daemons.engine.ggml_heads import GgmlHeads
 print(L.llama_print_system_info().decode())
 rng = np.random.default_rng(0)

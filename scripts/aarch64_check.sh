@@ -121,7 +121,14 @@ fi
 
 # --- binfmt_misc + qemu-aarch64
 [ -f /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-[ -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+# Debian 12's qemu-user-static registers through systemd-binfmt (not running here: systemd is not PID 1),
+# from its binfmt.d line; update-binfmts exists only with binfmt-support installed.
+if [ ! -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  if command -v update-binfmts >/dev/null; then update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+  elif [ -f /usr/lib/binfmt.d/qemu-aarch64.conf ]; then
+    cat /usr/lib/binfmt.d/qemu-aarch64.conf >/proc/sys/fs/binfmt_misc/register || true
+  fi
+fi
 [ -f /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || die "qemu-aarch64 is not registered in binfmt_misc"
 
 # --- the arm64 Debian root (cached)

@@ -50,11 +50,30 @@ ONNX_NAME = "vocoder.onnx"
 SPEC_NAME = "vocoder.json"
 EXTERNAL_DATA_THRESHOLD = 64 << 20  # weights above this size go to `vocoder.onnx.data`
 MIN_SNR_DB = 60.0  # export self-check bar (see _verify)
+SNAKE_FORMS = ("pow", "mul")
+CONV2D_DEFAULT = True  # measured: docs/PERFORMANCE.md, "Vocoder (issue 15, session 7)"
+SNAKE_DEFAULT = "mul"
+TCONV_FORMS = ("convtranspose", "polyphase")
+TCONV_DEFAULT = "polyphase"
 
 
-def _build_streaming_module(decoder):
+def _build_streaming_module(decoder, *, conv2d: bool = CONV2D_DEFAULT, snake: str = SNAKE_DEFAULT,
+                            tconv: str = TCONV_DEFAULT):
     """torch module with the exact math of `Qwen3TTSTokenizerV2Decoder.forward`, restated as a
-    chunk step over explicit state tensors. Reuses the official submodules (and so their weights)."""
+    chunk step over explicit state tensors. Reuses the official submodules (and so their weights).
+
+    `conv2d`: every Conv1d is written as Unsqueeze -> Conv2d(1 x k) -> Squeeze (same weights, same sums):
+    onnxruntime's NCHWc transformer (blocked direct convolution) only takes 2-D convolutions; 1-D ones run
+    as im2col + GEMM. The I/O and state tensors stay 3-D, so the model's interface and the RKNN cut
+    points do not change. `snake`: "pow" (official form, sin(x a)^2 as Pow) or "mul" (s * s: bit-identical,
+    Pow's generic kernel is slower than one Mul). `tconv`: the conv decoder's overlapping transposed convs
+    (kernel 2r, stride r) as "convtranspose" (ConvTranspose: GEMM + col2im) or "polyphase" (one 1 x 1 conv
+    to the 2r output phases, then the overlap-add and the interleave: the same products and sums; the
+    state is the same overlap tail)."""
+    if snake not in SNAKE_FORMS:
+        raise ValueError(f"snake must be one of {SNAKE_FORMS}, got {snake!r}")
+    if tconv not in TCONV_FORMS:
+        raise ValueError(f"tconv must be one of {TCONV_FORMS}, got {tconv!r}")
     import torch
     import torch.nn.functional as F
     from qwen_tts.core.tokenizer_12hz import modeling_qwen3_tts_tokenizer_v2 as M
@@ -180,25 +199,55 @@ def _build_streaming_module(decoder):
         # ---- stateful building blocks ----
         def _snake(self, m, x):
             i = self._snake_idx[id(m)]
-            return x + getattr(self, f"snake_b{i}") * torch.pow(torch.sin(x * getattr(self, f"snake_a{i}")), 2)
+            s = torch.sin(x * getattr(self, f"snake_a{i}"))
+            return x + getattr(self, f"snake_b{i}") * (s * s if snake == "mul" else torch.pow(s, 2))
+
+        def _conv1d(self, conv, x):
+            """conv(x) for an nn.Conv1d, as a 1 x k Conv2d when `conv2d` (same weights and sums)."""
+            if not conv2d:
+                return conv(x)
+            if conv.padding != (0,) or conv.padding_mode != "zeros":
+                raise NotImplementedError("padded Conv1d")  # the causal wrappers pad explicitly
+            y = F.conv2d(x.unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, stride=(1, conv.stride[0]),
+                         dilation=(1, conv.dilation[0]), groups=conv.groups)
+            return y.squeeze(2)
 
         def _conv(self, m, x, name, st, new):
             if name not in self._has_state:  # k == 1: no left context
-                return m.conv(x)
+                return self._conv1d(m.conv, x)
             pad = m.padding
             xf = torch.cat([st[name], x], dim=-1)
             new[name] = xf[..., -pad:]
-            return m.conv(xf)
+            return self._conv1d(m.conv, xf)
 
         def _tconv(self, m, x, name, st, new):
             if name not in self._has_state:  # kernel == stride: no overlap, output needs no trim
                 return m.conv(x)
             r = m.right_pad
+            if tconv == "polyphase":
+                return self._tconv_polyphase(m, x, name, st, new)
             y = F.conv_transpose1d(x, m.conv.weight, None, stride=m.conv.stride[0])  # [1, C, (N+1)*r]
             # add the previous chunk's overlap tail to the first r samples; keep this chunk's last r
             y = y + torch.cat([st[name], torch.zeros_like(y[..., r:])], dim=-1)
             new[name] = y[..., -r:]
             out = y[..., :-r]
+            if m.conv.bias is not None:
+                out = out + m.conv.bias[None, :, None]
+            return out
+
+        def _tconv_polyphase(self, m, x, name, st, new):
+            """ConvTranspose1d(k = 2r, stride r) = out[:, t*r + j] = lo_j(x[t]) + hi_j(x[t-1]) with
+            lo/hi the kernel's taps j and j + r: one pointwise conv gives all 2r phases; the previous
+            chunk's hi phases of its last frame are the state (the same numbers `_tconv` keeps)."""
+            r, w = m.right_pad, m.conv.weight  # w [C_in, C_out, 2r]
+            c_out, n = w.shape[1], x.shape[-1]
+            wp = w.permute(2, 1, 0).reshape(2 * r * c_out, w.shape[0], 1)  # row p * C_out + co = tap p
+            z = F.conv2d(x.unsqueeze(2), wp.unsqueeze(2)).squeeze(2) if conv2d else F.conv1d(x, wp)
+            z = z.view(1, 2 * r, c_out, n)
+            lo, hi = z[:, :r], z[:, r:]  # [1, r, C_out, N]
+            new[name] = hi[..., -1].transpose(1, 2)  # [1, C_out, r]
+            hi = torch.cat([st[name].transpose(1, 2).unsqueeze(-1), hi[..., :-1]], dim=-1)
+            out = (lo + hi).permute(0, 2, 3, 1).reshape(1, c_out, n * r)  # [1, C_out, N*r], t-major
             if m.conv.bias is not None:
                 out = out + m.conv.bias[None, :, None]
             return out
@@ -304,11 +353,14 @@ def _snr_db(ref, x) -> float:
 
 
 def export_vocoder(checkpoint_dir: str | Path, out_dir: str | Path, *, exporter: str = "legacy",
-                   opset: int = 18, verify: bool = True, seed: int = 0) -> dict:
+                   opset: int = 18, verify: bool = True, seed: int = 0, conv2d: bool = CONV2D_DEFAULT,
+                   snake: str = SNAKE_DEFAULT, tconv: str = TCONV_DEFAULT) -> dict:
     """Export `<checkpoint_dir>/speech_tokenizer`'s decoder to `<out_dir>/vocoder.onnx` (+ `.data` if large)
     and `<out_dir>/vocoder.json`. Returns the spec dict (also the content of vocoder.json): file names
     (relative to out_dir), sample counts, I/O names, state names/shapes/dtypes, export timing and,
-    with `verify`, a short self-check (onnxruntime streaming in chunks 1+4+7 vs one official forward)."""
+    with `verify`, a short self-check (onnxruntime streaming in chunks 1+4+7 vs one official forward).
+    `conv2d`, `snake`, `tconv`: exact restructurings of the graph for onnxruntime's kernels (see
+    `_build_streaming_module`); the interface (inputs, outputs, states) is the same for all of them."""
     import numpy as np
     import torch
 
@@ -318,7 +370,7 @@ def export_vocoder(checkpoint_dir: str | Path, out_dir: str | Path, *, exporter:
     tok = load_speech_tokenizer(checkpoint_dir)
     dec = tok.decoder.eval()
     cfg = dec.config
-    sv = _build_streaming_module(dec)
+    sv = _build_streaming_module(dec, conv2d=conv2d, snake=snake, tconv=tconv)
     nq, K = sv.num_quantizers, sv.codebook_size
 
     gen = torch.Generator().manual_seed(seed)
@@ -392,6 +444,7 @@ def export_vocoder(checkpoint_dir: str | Path, out_dir: str | Path, *, exporter:
         "external_data": data_name if external else None,
         "exporter": exporter,
         "opset": opset,
+        "graph": {"conv2d": bool(conv2d), "snake": snake, "tconv": tconv},
         "sample_rate": int(tok.config.output_sample_rate),
         "samples_per_frame": sv.upsample_total,
         "num_quantizers": nq,
@@ -472,9 +525,16 @@ def main(argv=None) -> int:
     ap.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy")
     ap.add_argument("--opset", type=int, default=18)
     ap.add_argument("--no-verify", action="store_true", help="skip the short ORT-vs-official self-check")
+    ap.add_argument("--conv1d", dest="conv2d", action="store_false",
+                    help="keep the convolutions 1-D (default: 1 x k Conv2d, faster on onnxruntime, same result)")
+    ap.add_argument("--snake", choices=SNAKE_FORMS, default=SNAKE_DEFAULT,
+                    help=f"SnakeBeta's square: Pow or Mul (bit-identical; default {SNAKE_DEFAULT})")
+    ap.add_argument("--tconv", choices=TCONV_FORMS, default=TCONV_DEFAULT,
+                    help=f"the decoder's transposed convs: ConvTranspose or polyphase (default {TCONV_DEFAULT})")
     a = ap.parse_args(argv)
     t0 = time.time()
-    spec = export_vocoder(a.checkpoint, a.out, exporter=a.exporter, opset=a.opset, verify=not a.no_verify)
+    spec = export_vocoder(a.checkpoint, a.out, exporter=a.exporter, opset=a.opset, verify=not a.no_verify,
+                          conv2d=a.conv2d, snake=a.snake, tconv=a.tconv)
     print(json.dumps({"seconds": round(time.time() - t0, 2),
                       **{k: spec[k] for k in ("files", "state_bytes", "weights_bytes") if k in spec}}))
     if "verify" in spec:

@@ -50,6 +50,8 @@ class VocoderEngine:
     `threads`: onnxruntime intra-op threads (None = onnxruntime's default, one per core).
     `spinning`: let idle intra-op threads busy-wait between ops (faster, but burns CPU that the talker
     and code predictor may need when they share the cores; off by default).
+    `opt_level`, `mem_pattern`: onnxruntime session options (see `onnx_session.cpu_session`; the
+    defaults are the fastest measured, scripts/bench_vocoder.py).
     Sessions are not re-entrant per stream; different streams may be decoded from different threads.
     (The RK3588 NPU backend with the same interface is `daemons.engine.vocoder_rknn.RknnVocoderEngine`.)
     """
@@ -58,7 +60,8 @@ class VocoderEngine:
     fallback_reason: str | None = None  # set by daemons.engine.vocoder_rknn.open_vocoder when RKNN was not usable
 
     def __init__(self, model: str | Path, state_spec: Mapping[str, Any] | str | Path | None = None,
-                 threads: int | None = None, *, spinning: bool = False, providers: list | None = None):
+                 threads: int | None = None, *, spinning: bool = False, providers: list | None = None,
+                 opt_level: str = "all", mem_pattern: bool = True):
         import onnxruntime as ort
 
         model = Path(model)
@@ -87,7 +90,8 @@ class VocoderEngine:
         self._out_names = ["wav"] + [pout + n for n, _, _ in self._state_spec]
 
         try:
-            self.session = cpu_session(model, threads, spinning=spinning, providers=providers)
+            self.session = cpu_session(model, threads, spinning=spinning, providers=providers, opt_level=opt_level,
+                                       mem_pattern=mem_pattern)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load the vocoder {model}: {e}") from None
         have_in = {i.name for i in self.session.get_inputs()}

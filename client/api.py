@@ -10,6 +10,7 @@ import numpy as np
 import zmq
 
 from daemons import protocol
+from daemons.peer_watch import LOST, PeerWatch
 
 SAMPLE_RATE = 24000
 
@@ -90,8 +91,14 @@ class TTSClient:
             self.sock.close(0)
             raise ClientError("config", str(e)) from None
         self.sock.connect(self.endpoint)
+        # a talker killed mid-request is noticed at once (daemons/peer_watch.py), not after idle_timeout_s
+        self.watch = PeerWatch(self.sock)
+        self.poller = zmq.Poller()
+        self.poller.register(self.sock, zmq.POLLIN)
+        self.poller.register(self.watch.mon, zmq.POLLIN)
 
     def close(self) -> None:
+        self.watch.close()
         self.sock.close(0)
 
     def __enter__(self):
@@ -102,6 +109,7 @@ class TTSClient:
 
     def _send(self, frames: list) -> None:
         deadline = time.monotonic() + self.connect_timeout_s
+        self.watch.reset()  # a connection that dropped before this request does not concern it
         while True:
             try:
                 self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
@@ -116,8 +124,16 @@ class TTSClient:
                 time.sleep(0.01)
 
     def _recv(self, timeout_s: float) -> protocol.Message:
-        if not self.sock.poll(int(timeout_s * 1000), zmq.POLLIN):
-            raise ClientError("timeout", f"no answer from the talker daemon within {timeout_s:g} s")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            ready = dict(self.poller.poll(max(0, int(left * 1000)))) if left > 0 else {}
+            if self.sock in ready:
+                break
+            if self.watch.lost():  # messages already here were read first
+                raise ClientError("not_running", LOST)
+            if not ready:
+                raise ClientError("timeout", f"no answer from the talker daemon within {timeout_s:g} s")
         try:
             return protocol.decode(self.sock.recv_multipart(), 64 * 1024 * 1024)
         except protocol.ProtocolError as e:

@@ -172,10 +172,13 @@ rsync -a --delete --exclude=/.venv --exclude=/.venv-rknn --exclude=/models --exc
 [ "$fresh_venv" = 1 ] && rm -rf "$ROOT/opt/qwen3-tts/.venv" "$ROOT/opt/qwen3-tts/models"
 
 # Run a command inside the root, in the checkout, with its output in a log and its tail on failure.
+# QEMU_CPU=cortex-a76 emulates the board's big core (ARMv8.2-A, dotprod, fp16, no SVE): under qemu 7.2's
+# default `max` CPU, PyPI's aarch64 torch dies with SIGILL in its first ConvTranspose1d (seen while
+# converting the tiny checkpoint), and the board has no SVE anyway.
 inroot() {
   local name="$1"; shift
   say "[arm64] $name: $*"
-  if ! chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
+  if ! chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 QEMU_CPU=cortex-a76 \
         PIP_CERT=/etc/ssl/certs/host-ca.crt PIP_FIND_LINKS=/wheels PIP_DISABLE_PIP_VERSION_CHECK=1 \
         PIP_DEFAULT_TIMEOUT=180 TOKENIZERS_PARALLELISM=false OMP_WAIT_POLICY=PASSIVE \
         /bin/bash -c 'cd /opt/qwen3-tts && "$@"' bash "$@" >"$LOGS/$name.log" 2>&1; then

@@ -791,6 +791,9 @@ def main(argv=None) -> int:
     if args.attach and args.faults:
         ap.error("--attach cannot inject faults (the soak restarts only processes it started)")
     log = lambda m: print(m, flush=True)  # noqa: E731
+    # `kill` / Ctrl-C: unwind through the finally blocks below, which stop the daemons this soak started
+    # (the default SIGTERM action would leave them running, orphaned)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     duration = args.minutes * 60
     with tempfile.TemporaryDirectory(prefix="qwen3-soak-") as tmpd:
         if args.attach:
@@ -798,7 +801,11 @@ def main(argv=None) -> int:
         else:
             cl = Cluster(args.model or demo_model(args.size), Path(tmpd), log=log)
             log(f"starting the four processes in {cl.run_dir} ...")
-            cl.start()
+            try:
+                cl.start()
+            except BaseException:
+                cl.stop()
+                raise
         driver = Driver(cl, cl.voice.to_json())
         t0 = time.monotonic()
         sampler = Sampler(cl, args.sample_s, t0) if not args.attach else None

@@ -336,6 +336,29 @@ def test_predictor_killed_mid_stream(gw):
     assert len(decode(r.content, "wav")[0]) > 0
 
 
+def test_talker_killed_mid_stream(gw):
+    """kill -9 of the talker while an SSE stream runs: the gateway's TalkerLink notices the lost connection
+    (daemons/peer_watch.py) and the stream ends with a not_running error event, not with `timeout` after
+    request_timeout_s (the code tells which path ended it); after a restart the next request works."""
+    import signal
+
+    wait_idle(gw, 60)
+    with long_stream(gw, stream_format="sse") as s:
+        assert s.status_code == 200
+        lines = s.iter_lines()
+        first = next(ln for ln in lines if ln.startswith("data: "))
+        assert json.loads(first[6:])["type"] == "speech.audio.delta"
+        os.kill(gw.procs["talker"].pid, signal.SIGKILL)
+        gw.procs["talker"].wait()
+        events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: ")]
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "not_running", events[-1:]
+    gw.start("talker")
+    gw.wait_ready("talker", 120)
+    r = sdk(gw).audio.speech.create(model="tts-1", input=TEXT, voice="alloy", response_format="wav",
+                                    extra_body=EXTRA)
+    assert len(decode(r.content, "wav")[0]) > 0
+
+
 def test_talker_down_is_503(tmp_path):
     from starlette.testclient import TestClient
 

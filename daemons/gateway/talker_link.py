@@ -16,6 +16,8 @@ included; an `error` raises), poll(), pending(), cancel(), close().
 
 One DEALER per request (so the talker's per-connection fairness applies per request). A new DEALER waits
 for its connection with poll(POLLOUT) (IMMEDIATE: writable once the connection is up), not fixed sleeps.
+A talker that goes away while it has the request (killed, restarted) is noticed at once by the socket's
+monitor (daemons/peer_watch.py): the request ends with `not_running`, not after `request_timeout_s`.
 Leaving a request early (aclose, cancellation, an exception in the consumer) sends `cancel` for it, so
 the talker stops working on it; the cancel send is awaited, so a refused send (zmq.Again) is consumed
 here and never logged as "Future exception was never retrieved". Also the voice names a front may ask
@@ -36,9 +38,11 @@ import zmq.asyncio
 from daemons import protocol
 from daemons.config import Config, SecurityConfig
 from daemons.curve import Curve, unreachable_hint
+from daemons.peer_watch import LOST, PeerWatch
 
 CONNECT_TIMEOUT_S = 3.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+WATCH_SLICE_MS = 250  # how often a waiting request looks at its connection's monitor
 
 
 class TalkerError(Exception):
@@ -62,9 +66,11 @@ class TalkerRequest:
             link.curve.client(s, link.endpoint)
         s.connect(link.endpoint)
         self.sock = s
+        self.watch = PeerWatch(s)
 
     async def send(self, frames, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
+        self.watch.reset()  # a connection that dropped before this request does not concern it
         while True:
             try:
                 await self.sock.send_multipart(frames, flags=zmq.NOBLOCK)
@@ -85,15 +91,29 @@ class TalkerRequest:
         self.sent = True
 
     async def poll(self, timeout_ms: int) -> bool:
-        """True when a message can be read now or arrived within timeout_ms."""
-        return bool(await self.sock.poll(timeout_ms, zmq.POLLIN))
+        """True when a message can be read now or arrived within timeout_ms, or when the talker went away
+        while it had the request (the next recv/next raises not_running then)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if await self.sock.poll(min(left_ms, WATCH_SLICE_MS), zmq.POLLIN):
+                return True
+            if self.sent and not self.finished and self.watch.lost():
+                return True
+            if left_ms <= WATCH_SLICE_MS:
+                return False
 
     async def recv(self, timeout_s: float) -> protocol.Message:
         """The next message on this socket, whatever it is."""
         if not await self.poll(int(timeout_s * 1000)):
             raise TalkerError("timeout", f"no answer from the talker daemon within {timeout_s:g} s")
         try:
-            return protocol.decode(await self.sock.recv_multipart(), MAX_MESSAGE_BYTES)
+            frames = await self.sock.recv_multipart(flags=zmq.NOBLOCK)
+        except zmq.Again:  # poll woke for the lost connection, not for a message
+            self.finished = True  # nobody has it any more: no cancel to send
+            raise TalkerError("not_running", LOST) from None
+        try:
+            return protocol.decode(frames, MAX_MESSAGE_BYTES)
         except protocol.ProtocolError as e:
             raise TalkerError("protocol", str(e)) from None
 
@@ -141,6 +161,7 @@ class TalkerRequest:
             return False
 
     def close(self) -> None:
+        self.watch.close()
         self.sock.close(0)
 
 

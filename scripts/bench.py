@@ -4,7 +4,7 @@ audio, daemon memory, and the official `qwen-tts` implementation side by side in
 
     python scripts/bench.py [--work DIR] [--checkpoint DIR | --model-dir DIR] [--quant q4_k_m] [--runs 3]
                             [--frames 100] [--official-frames 10] [--gateway-frames N] [--skip-official]
-                            [--skip-stages] [--skip-daemons] [--skip-gateway] [--json FILE]
+                            [--skip-stages] [--skip-daemons] [--skip-gateway] [--peers [NAMES]] [--json FILE]
     python scripts/bench.py --board --model-dir DIR [--runs 3] [--frames 100] [--json FILE]   # on a board
 
 1. Checkpoint: `--checkpoint DIR`, or a random-weight full-size one made (once) under `--work` with
@@ -33,6 +33,8 @@ audio, daemon memory, and the official `qwen-tts` implementation side by side in
    as it is (e.g. the tiny test model, for the gateway's overhead alone).
 6. Official: the same checkpoint through `Qwen3TTSModel` (`model.generate()` + the official decoder,
    fp32, torch CPU) for `--official-frames` frames in a subprocess; reported as a speed ratio.
+7. Peers (`--peers [NAMES]`, off by default): `scripts/bench_peers.py` runs the public CPU engines from PyPI (each
+   in its own venv under `<work>/peers`) on the same checkpoint, --frames, --runs and threads; under "peers".
 
 Medians over `--runs`. Timings on a shared VM vary by +-30-50 % between runs: compare figures of one run.
 
@@ -1506,6 +1508,10 @@ def main(argv=None) -> int:
     ap.add_argument("--board", action="store_true",
                     help="the board run (docs/BOARD.md): needs --model-dir; stages in the daemons' plan, every vocoder "
                          "backend available, the daemons end to end; no torch, no official, no gateway")
+    ap.add_argument("--peers", nargs="?", const="all", default=None, metavar="NAMES",
+                    help="also run scripts/bench_peers.py (the PyPI CPU engines, each in its own venv under "
+                         "<work>/peers) on the same checkpoint, --frames, --runs and --threads; NAMES: comma-separated "
+                         "subset (default all); stored under \"peers\"")
     ap.add_argument("--official-worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     a.argv = list(sys.argv[1:] if argv is None else argv)
@@ -1575,6 +1581,14 @@ def main(argv=None) -> int:
     if not a.skip_official:
         log(f"official qwen-tts: {a.runs} x {a.official_frames} frames (generate + decode), {threads} threads")
         res["official"] = bench_official(ckpt, a.official_frames, a.runs, threads)
+    if a.peers:
+        from scripts import bench_peers
+
+        peers_ckpt = ckpt if ckpt is not None else ensure_checkpoint(a)
+        log(f"peers ({a.peers}): {a.runs} x {a.frames} frames, {threads} threads, checkpoint {peers_ckpt}")
+        pr = bench_peers.run(a.work, peers_ckpt, a.frames, a.runs, threads,
+                             None if a.peers == "all" else [p for p in a.peers.split(",") if p])
+        res["peers"], res["peers_settings"] = pr["peers"], pr["settings"]
     res["summary"] = summarise(res)
     res["targets"] = {}
     for k, (op, v) in TARGETS.items():
@@ -1584,6 +1598,11 @@ def main(argv=None) -> int:
     res["loadavg_at_end"] = [r1(x, 2) for x in os.getloadavg()]
     res["total_s"] = r1(time.monotonic() - t_all)
     print_table(res)
+    if "peers" in res:
+        from scripts import bench_peers
+
+        print("\nPeers (scripts/bench_peers.py, same checkpoint, RTF = wall / audio):")
+        print(bench_peers.format_table(res["peers"]))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
         log(f"wrote {a.json}")

@@ -76,11 +76,34 @@ def test_library_reason_is_the_exception_it_printed():
 
 
 # The stand-in: rknn_lite.py's public surface as in the 2.5.0 wheel (constants, signatures, return codes),
-# printing what the real one printed; QWEN3_TTS_STANDIN_CASE picks the recorded init_runtime outcome.
+# printing what the real one printed, the way it prints it: its version line on fd 2, its init_runtime errors
+# through the Python logger `acuityLogger`, whose StreamHandler is made at import time and so keeps the
+# sys.stderr of that moment (under pytest: pytest's capture, not fd 2; the real wheel's tracebacks escaped
+# a fd-only capture exactly so under emulation). QWEN3_TTS_STANDIN_CASE picks the recorded outcome.
 STANDIN = '''
-import json, os, sys
+import json, logging, os, sys
 CALLS = []
 OUTPUT = {"no_soc": %r, "no_librknnrt": %r}
+_log = logging.getLogger("acuityLogger")
+for _h in list(_log.handlers):   # this stand-in is imported afresh per test; the wheel once per process
+    _log.removeHandler(_h)
+_handler = logging.StreamHandler(sys.stderr)
+_handler.setFormatter(logging.Formatter("%%(levelname).1s %%(message)s"))
+_handler.setLevel(logging.INFO)
+_log.addHandler(_handler)
+_log.setLevel(logging.DEBUG)
+
+
+def _log_text(text):
+    """One record per `E `/`W ` line, with the unprefixed lines after it (a traceback is one record)."""
+    records = []
+    for line in text.splitlines():
+        if line[:2] in ("E ", "W "):
+            records.append([line[0], line[2:]])
+        elif records:
+            records[-1][1] += "\\n" + line
+    for level, msg in records:
+        _log.log(logging.ERROR if level == "E" else logging.WARNING, msg)
 
 class RKNNLite:
     NPU_CORE_AUTO = 0
@@ -119,8 +142,8 @@ class RKNNLite:
             text = OUTPUT["no_soc"].rsplit("Exception:", 1)[0] + "Exception: Unsupported run platform: Linux aarch64\\n"
         else:
             text = OUTPUT[os.environ.get("QWEN3_TTS_STANDIN_CASE", "no_soc")]
-        sys.stderr.write(text.split("\\n", 1)[1])
-        sys.stderr.flush()
+        _log.debug("target set by user is: %%s", target)
+        _log_text(text.split("\\n", 1)[1])
         return -1
 
     def inference(self, inputs, data_type=None, data_format=None, inputs_pass_through=None, get_frame_id=False,

@@ -36,6 +36,7 @@ class Result:
     random_weights: bool = False
     chunks: list = field(default_factory=list)
     segments: list = field(default_factory=list)  # per segment: {index, frames, stop, seed, chars}
+    timing: dict = field(default_factory=dict)    # the talker's ms/frame breakdown (talker_request.timing)
 
     @property
     def truncated(self) -> list:
@@ -185,7 +186,8 @@ class TTSClient:
                     return Result(audio=audio, frames=m.header["frames"], stop=m.header["stop"],
                                   seed=m.header["seed"], ttfa_s=ttfa, wall_s=time.monotonic() - t0,
                                   codes=m.arrays.get("codes"), random_weights=bool(m.header.get("random_weights")),
-                                  chunks=chunks, segments=m.header.get("segments") or [])
+                                  chunks=chunks, segments=m.header.get("segments") or [],
+                                  timing=m.header.get("timing") or {})
         except BaseException:
             try:  # interrupted or failed locally: tell the talker to stop working on it
                 self.sock.send_multipart(protocol.encode("cancel", id=rid), flags=zmq.NOBLOCK)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 
@@ -72,11 +73,13 @@ class PredictorDaemon(WorkerService):
             self.reply(self.sock, ident, protocol.error(rid, "bad_request", str(e)))
             return
         try:
+            t0 = time.perf_counter()
             codes, feedback = self.engine.predict(hidden, c0, params, seed, frame)
+            compute_ms = (time.perf_counter() - t0) * 1000
         except ValueError as e:  # e.g. logits that are not finite (no sampling from NaN probabilities)
             self.log.warning("predict %r (frame %d): %r", rid, frame, str(e)[:300])
             self.reply(self.sock, ident, protocol.error(rid, "bad_request", f"predict: {e}"))
             return
         # anything else escapes to WorkerService.serve_once: one log line, error `internal`, the loop goes on
         self.reply(self.sock, ident, protocol.encode("codes", {"codes": codes, "feedback": feedback},
-                                                     id=rid, frame=frame))
+                                                     id=rid, frame=frame, ms=round(compute_ms, 3)))

@@ -58,6 +58,7 @@ class RemotePredictor:
     def __init__(self, sock: zmq.Socket, timeout_s: float, max_bytes: int):
         self.sock, self.timeout_s, self.max_bytes = sock, timeout_s, max_bytes
         self.rid = ""
+        self.compute_s = 0.0  # the last predict's compute time as the predictor daemon measured it
 
     def predict(self, hidden, c0, params: SamplingParams, seed, frame):
         sub = {"sub_do_sample": params.sub_do_sample, "sub_temperature": params.sub_temperature,
@@ -86,6 +87,8 @@ class RemotePredictor:
                 continue  # a late answer to an abandoned request
             if r.type == "error":
                 raise RequestFailed("predictor_unavailable", f"predictor: {r.header.get('message')}")
+            ms = r.header.get("ms")
+            self.compute_s = ms / 1000 if isinstance(ms, (int, float)) and 0 <= ms < 1e7 else 0.0
             return r.arrays["codes"].astype(np.int64), r.arrays["feedback"]
 
 
@@ -298,9 +301,12 @@ class TalkerDaemon(Service):
             self.active = None
             self.draining[req.wire_id] = req
         elif req.state == "done":
-            self.log.info("request %r done: %d frames in %d segment(s), stops %s, %.2f s", req.id,
+            t = req.timing()
+            self.log.info("request %r done: %d frames in %d segment(s), stops %s, %.2f s; ms/frame: talker %.1f, "
+                          "predictor %.1f (compute %.1f), sampling %.1f, step %.1f, span %.1f", req.id,
                           len(req.frames), len(req.results), ",".join(r["stop"] for r in req.results),
-                          time.monotonic() - req.accepted)
+                          time.monotonic() - req.accepted, t["talker_ms"], t["predictor_ms"],
+                          t["predictor_compute_ms"], t["sample_ms"], t["step_ms"], t["span_ms"])
             self.forget(req)
         elif req.state == "gone":
             self.log.info("client of %r is gone or stopped reading: cancelling", req.id)

@@ -20,7 +20,7 @@ import numpy as np
 from . import protocol
 from .config import Limits
 from .engine.errors import TTSError
-from .engine.generate import Generation, Predictor, RunawayRules, Talker, generate_frames
+from .engine.generate import TIMES, Generation, Predictor, RunawayRules, Talker, generate_frames
 from .engine.sampling import Sampler, SamplingParams
 from .engine.segment import Segment
 
@@ -90,6 +90,10 @@ class Request:
     generator: object = None
     links: Links | None = None
     engines: Engines | None = None
+    # where the generation time went (seconds, summed over segments; `timing()` turns it into ms/frame)
+    times: dict = field(default_factory=lambda: dict.fromkeys(TIMES + ("step",), 0.0))
+    gen_start: float | None = None  # perf_counter at its first step and after its latest one
+    gen_end: float = 0.0
 
     # --- start and segments -----------------------------------------------------------------------
     def begin(self, engines: Engines, links: Links, base_seed: int) -> None:
@@ -126,10 +130,15 @@ class Request:
     # --- one frame ------------------------------------------------------------------------------
     def step(self) -> None:
         """One unit of work while generating: a frame, a pause, or the end of a segment."""
+        t0 = time.perf_counter()
+        if self.gen_start is None:
+            self.gen_start = t0
         try:
             self._step()
         except TTSError as e:
             raise RequestFailed(e.code, e.message) from None
+        self.gen_end = time.perf_counter()  # every step: frames, progress notes, vocoder sends, segment ends
+        self.times["step"] += self.gen_end - t0
 
     def _step(self) -> None:
         if self.pause_pending:  # silence after the previous segment, in stream order
@@ -157,6 +166,8 @@ class Request:
             self._send_frames()
 
     def _end_segment(self) -> None:
+        for k, v in self.gen.times.items():
+            self.times[k] += v
         self.results.append({"index": self.seg, "frames": self.gen.frames, "stop": self.gen.stop,
                              "seed": self.gen.seed, "chars": len(self.segments[self.seg].text)})
         if self.pending:
@@ -254,8 +265,19 @@ class Request:
             if self.return_codes else None
         self.links.client(protocol.encode("done", arrays, id=self.id, frames=len(self.frames), stop=self.stop,
                                           seed=self.base_seed, segments=self.results,
-                                          random_weights=self.engines.random_weights))
+                                          random_weights=self.engines.random_weights, timing=self.timing()))
         self.state = "done"
+
+    def timing(self) -> dict:
+        """Per frame (ms): talker step, code-0 sampling, predictor call (round trip when remote) and its
+        compute; `step` = all of the request's steps (those + progress notes, vocoder sends, later
+        segments' prefills); `span` = wall time from its first step to its last, over frames (`step` + the
+        daemon's loop between steps: polling, vocoder replies, other clients). `prefill_ms` is the total."""
+        n = max(len(self.frames), 1)
+        t = {f"{k}_ms": round(v * 1000 / n, 3) for k, v in self.times.items() if k != "prefill"}
+        t["span_ms"] = round((self.gen_end - self.gen_start) * 1000 / n, 3) if self.gen_start else 0.0
+        t["prefill_ms"] = round(self.times["prefill"] * 1000, 3)
+        return t
 
     @property
     def stop(self) -> str:

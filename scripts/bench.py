@@ -786,7 +786,8 @@ def bench_daemons(args, model_dir: Path) -> dict:
                        "first_frame_ms": r1(first_frame), "gen_ms_per_frame": r1(gen_ms, 1),
                        "tail_after_last_frame_ms": r1((t_start + r.wall_s - progress[-1][0]) * 1e3)
                        if progress else None,
-                       "chunks": len(arrivals), **_playback(arrivals, t_start)}
+                       "chunks": len(arrivals), **_playback(arrivals, t_start),
+                       "timing": r.timing}  # the talker's own per-frame breakdown (talker_request.timing)
                 runs.append(one)
                 log(f"e2e run {run + 1}/{args.runs}: {one}")
             res["load"] = fl.done()
@@ -796,6 +797,17 @@ def bench_daemons(args, model_dir: Path) -> dict:
             res["gen_ms_per_frame"] = r1(median([x["gen_ms_per_frame"] for x in runs]), 1)
             res["wall_ms_per_frame"] = r1(median([x["wall_s"] * 1e3 / max(x["frames"], 1) for x in runs]), 1)
             res["stall_s"] = r1(median([x["stall_s"] for x in runs]), 3)
+            # where a frame's time goes inside the daemons (medians over runs, ms/frame): talker step, code-0
+            # sampling, predictor round trip and its compute; transport = round trip - compute; loop = the
+            # talker's wall time per frame not in its steps (polling, vocoder replies between frames)
+            tk = [x["timing"] for x in runs if x["timing"]]
+            if tk:
+                b = {k: r1(median([t[k] for t in tk]), 2) for k in tk[0]}
+                b["predictor_transport_ms"] = r1(median([t["predictor_ms"] - t["predictor_compute_ms"] for t in tk]), 2)
+                b["talker_loop_ms"] = r1(median([t["span_ms"] - t["step_ms"] for t in tk]), 2)
+                b["step_other_ms"] = r1(median([t["step_ms"] - t["talker_ms"] - t["sample_ms"] - t["predictor_ms"]
+                                                 for t in tk]), 2)
+                res["frame_breakdown"] = b
             res["eos_stops"] = sum(x["stop"] == "eos" for x in runs)
             # short requests (the official comparison's frame count), same text
             short = []
@@ -1237,6 +1249,12 @@ def print_table(res: dict) -> None:
         row("end-to-end RTF(w/a)", e2e["rtf"], "", "e2e_rtf",
             f"daemons, streaming, {e2e['frames_per_run']} frames fixed (random weights), "
             f"{e2e['wall_ms_per_frame']} ms/frame wall, gen {e2e['gen_ms_per_frame']} ms/frame")
+        if e2e.get("frame_breakdown"):
+            b = e2e["frame_breakdown"]
+            row("daemons' ms/frame breakdown", b["span_ms"], "ms", None,
+                f"talker {b['talker_ms']} + sampling {b['sample_ms']} + predictor {b['predictor_compute_ms']} "
+                f"+ predictor transport {b['predictor_transport_ms']} + step other {b['step_other_ms']} "
+                f"+ talker loop {b['talker_loop_ms']}; prefill {b['prefill_ms']} ms")
         row("time to first audio", e2e["ttfa_ms"], "ms", "ttfa_ms", f"10-word sentence, first chunk "
             f"{res['args']['first_chunk_frames']} frames")
         row("playback stalls", e2e["stall_s"], "s", None, "a player starting at the first chunk")

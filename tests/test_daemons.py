@@ -53,6 +53,20 @@ def test_daemons_match_in_process_engine(cluster, synth):
     assert (g.codes == gref).all()
 
 
+def test_done_carries_the_per_frame_time_breakdown(cluster):
+    """The talker's `done` says where each frame's time went (bench.py's frame_breakdown reads it): the
+    predictor daemon's own compute time (its `ms` header) is part of the round trip the talker waited for,
+    and the parts add up to no more than the talker's step, the step to no more than the wall span."""
+    with client(cluster) as c:
+        r = c.synthesize(TEXT, "english", params={"seed": 5}, max_frames=12)
+    t = r.timing
+    assert set(t) == {"talker_ms", "sample_ms", "predictor_ms", "predictor_compute_ms", "step_ms", "span_ms",
+                      "prefill_ms"}, t
+    assert all(v > 0 for v in t.values()), t
+    assert t["predictor_compute_ms"] < t["predictor_ms"], t  # the round trip includes the transport
+    assert t["talker_ms"] + t["sample_ms"] + t["predictor_ms"] <= t["step_ms"] <= t["span_ms"], t
+
+
 def test_talker_killed_mid_request_is_not_running_at_once(cluster, synth):
     """kill -9 of the talker while it generates: the client's socket monitor notices the lost connection
     (daemons/peer_watch.py) and the request ends with not_running, not with `timeout` after the client's

@@ -28,9 +28,11 @@ SETUP_BUDGET_S = 600
 
 
 def _have_rknnlite() -> bool:
-    try:
-        import rknnlite.api  # noqa: F401  (only whether it imports)
-    except Exception:  # noqa: BLE001
+    from daemons.engine.vocoder_rknn import RknnUnavailable, _import_rknnlite
+
+    try:  # the daemon's own import path: the real wheel's import renames logging's levels, this undoes it
+        _import_rknnlite()
+    except RknnUnavailable:
         return False
     return True
 

@@ -23,7 +23,7 @@ import pytest
 from daemons.config import VocoderBackend
 from daemons.engine.vocoder import VocoderEngine
 from daemons.engine.vocoder_rknn import (DEVICE_TREE, RKNN_META_FORMAT, RKNN_META_VERSION, RknnUnavailable,
-                                         RknnVocoderEngine, _open_rknnlite, library_reason)
+                                         RknnVocoderEngine, _import_rknnlite, _open_rknnlite, library_reason)
 from daemons.vocoder_backend import open_vocoder
 
 # What rknn-toolkit-lite2 2.5.0 printed on stderr (verbatim, from the emulated arm64 root; docs/BOARD.md).
@@ -76,11 +76,39 @@ def test_library_reason_is_the_exception_it_printed():
 
 
 # The stand-in: rknn_lite.py's public surface as in the 2.5.0 wheel (constants, signatures, return codes),
-# printing what the real one printed; QWEN3_TTS_STANDIN_CASE picks the recorded init_runtime outcome.
+# printing what the real one printed, the way it prints it: its version line on fd 2, its init_runtime errors
+# through the Python logger `acuityLogger`, whose StreamHandler is made at import time and so keeps the
+# sys.stderr of that moment (under pytest: pytest's capture, not fd 2; the real wheel's tracebacks escaped
+# a fd-only capture exactly so under emulation). QWEN3_TTS_STANDIN_CASE picks the recorded outcome.
 STANDIN = '''
-import json, os, sys
+import json, logging, os, sys
 CALLS = []
 OUTPUT = {"no_soc": %r, "no_librknnrt": %r}
+# the wheel's import renames logging's levels for the whole process (C/E/W/I/D, standard names dropped)
+for _lvl, _name in ((50, "C"), (40, "E"), (30, "W"), (20, "I"), (10, "D")):
+    logging.addLevelName(_lvl, _name)
+for _name in ("CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "NOTSET"):
+    logging._nameToLevel.pop(_name, None)
+_log = logging.getLogger("acuityLogger")
+for _h in list(_log.handlers):   # this stand-in is imported afresh per test; the wheel once per process
+    _log.removeHandler(_h)
+_handler = logging.StreamHandler(sys.stderr)
+_handler.setFormatter(logging.Formatter("%%(levelname)s %%(message)s"))
+_handler.setLevel(logging.INFO)
+_log.addHandler(_handler)
+_log.setLevel(logging.DEBUG)
+
+
+def _log_text(text):
+    """One record per `E `/`W ` line, with the unprefixed lines after it (a traceback is one record)."""
+    records = []
+    for line in text.splitlines():
+        if line[:2] in ("E ", "W "):
+            records.append([line[0], line[2:]])
+        elif records:
+            records[-1][1] += "\\n" + line
+    for level, msg in records:
+        _log.log(logging.ERROR if level == "E" else logging.WARNING, msg)
 
 class RKNNLite:
     NPU_CORE_AUTO = 0
@@ -119,8 +147,8 @@ class RKNNLite:
             text = OUTPUT["no_soc"].rsplit("Exception:", 1)[0] + "Exception: Unsupported run platform: Linux aarch64\\n"
         else:
             text = OUTPUT[os.environ.get("QWEN3_TTS_STANDIN_CASE", "no_soc")]
-        sys.stderr.write(text.split("\\n", 1)[1])
-        sys.stderr.flush()
+        _log.debug("target set by user is: %%s", target)
+        _log_text(text.split("\\n", 1)[1])
         return -1
 
     def inference(self, inputs, data_type=None, data_format=None, inputs_pass_through=None, get_frame_id=False,
@@ -144,11 +172,16 @@ def standin(tmp_path, monkeypatch):
     for m in [m for m in sys.modules if m == "rknnlite" or m.startswith("rknnlite.")]:
         monkeypatch.delitem(sys.modules, m)
     monkeypatch.syspath_prepend(str(tmp_path / "standin"))
+    names = dict(logging._nameToLevel), dict(logging._levelToName)
+    _import_rknnlite()  # first import through the daemon's own path (its import renames logging's levels)
     import rknnlite.api
     assert Path(rknnlite.api.__file__).is_relative_to(tmp_path)
     yield rknnlite.api
     for m in [m for m in sys.modules if m == "rknnlite" or m.startswith("rknnlite.")]:
         del sys.modules[m]
+    for table, saved in zip((logging._nameToLevel, logging._levelToName), names):  # whatever the test did
+        table.clear()
+        table.update(saved)
 
 
 @pytest.fixture()
@@ -177,6 +210,12 @@ def _records(caplog):
     return [r for r in caplog.records if r.name == "test.vocoder"]
 
 
+def _assert_level_names_intact():
+    """The library's import renamed logging's levels process-wide; _import_rknnlite put them back."""
+    assert [logging.getLevelName(v) for v in (10, 20, 30, 40, 50)] == ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    logging.getLogger("test.levels").setLevel("WARNING")  # raises ValueError while the names are gone
+
+
 @pytest.mark.skipif(DEVICE_TREE.exists(), reason="a device tree is present: the stand-in's outcome is not this "
                                                  "machine's")
 @pytest.mark.parametrize("case, reason", [("no_soc", NO_SOC_REASON), ("no_librknnrt", NO_LIBRKNNRT_REASON)])
@@ -199,6 +238,7 @@ def test_fallback_reports_the_library_reason(standin, converted, caplog, capfd, 
                           "returned -1: " + reason), msg
     assert f"{DEVICE_TREE} is absent" in msg and "\n" not in msg
     assert eng.fallback_reason.startswith("driver: rknn-toolkit-lite2 init_runtime returned -1: " + reason)
+    _assert_level_names_intact()
     # the real API: the board's own NPU is target=None ("NPU inside"), the mask as RKNNLite.NPU_CORE_* bits
     assert standin.CALLS == [("RKNNLite", False), ("load_rknn", str(converted / "vocoder.rknn")),
                              ("init_runtime", None, value), ("release",)]
@@ -267,9 +307,11 @@ def test_console_capture_restores_the_fds(capfd):
 def _real_rknnlite() -> bool:
     if platform.machine() != "aarch64":
         return False
-    try:
-        import rknnlite.api  # noqa: F401
-    except Exception:  # noqa: BLE001
+    from daemons.engine.vocoder_rknn import RknnUnavailable, _import_rknnlite
+
+    try:  # the daemon's own import path: the real wheel's import renames logging's levels, this undoes it
+        _import_rknnlite()
+    except RknnUnavailable:
         return False
     return True
 
@@ -303,5 +345,6 @@ def test_real_rknnlite_falls_back(tmp_path, caplog, capfd):
     assert len(recs) == 1 and recs[0].levelno == logging.INFO
     assert eng.backend == "onnx" and eng.fallback_reason.startswith(
         f"driver: rknn-toolkit-lite2 init_runtime returned -1: {NO_SOC_REASON}; {DEVICE_TREE} is absent")
+    _assert_level_names_intact()
     codes = np.random.default_rng(0).integers(0, eng.codebook_size, (6, eng.num_quantizers))
     np.testing.assert_array_equal(eng.decode_all(codes), VocoderEngine(d / "vocoder.onnx", threads=1).decode_all(codes))

@@ -5,11 +5,15 @@ on the console, from Python and from librknnrt.so (C): a daemon's journal would 
 fallback line. `captured_console()` points fds 1 and 2 (and sys.stdout/sys.stderr, for writers that do not
 go through the fds) at a temporary file for the duration of the block and hands the text back. Anything
 another thread writes in that window is captured too: use it around short, start-up-time calls only.
+Python `logging` stream handlers keep the stream they were made with (the real library logs through one,
+`acuityLogger`, made at import time, when sys.stderr may be a test runner's capture and not fd 2): every
+handler writing to a console stream (not a file, not an in-memory buffer) is pointed at the capture too.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 import tempfile
@@ -32,6 +36,18 @@ def _flush() -> None:
             pass
 
 
+def _console_handlers() -> list[logging.StreamHandler]:
+    loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
+                                       if isinstance(lg, logging.Logger)]
+    found = []
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) \
+                    and not isinstance(h.stream, io.StringIO) and h not in found:
+                found.append(h)
+    return found
+
+
 @contextlib.contextmanager
 def captured_console() -> Iterator[Captured]:
     out = Captured()
@@ -39,12 +55,15 @@ def captured_console() -> Iterator[Captured]:
     _flush()
     with tempfile.TemporaryFile() as tmp:
         saved = [os.dup(1), os.dup(2)]
+        handlers = [(h, h.setStream(py)) for h in _console_handlers()]
         try:
             os.dup2(tmp.fileno(), 1)
             os.dup2(tmp.fileno(), 2)
             with contextlib.redirect_stdout(py), contextlib.redirect_stderr(py):
                 yield out
         finally:
+            for h, stream in handlers:
+                h.setStream(stream)
             _flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)

@@ -2,6 +2,7 @@
 same loop runs in one process (engines) or in the talker daemon (predictor behind a socket)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol
 
@@ -56,6 +57,13 @@ class Generation:
     frames: int = 0
     seed: int = 0
     code0_history: list[int] = field(default_factory=list)
+    # seconds spent, for the per-frame breakdown in the talker's `done` (where the time between frames goes):
+    # prefill, talker steps, code-0 sampling, predictor calls (wall; a remote one includes its round trip)
+    # and the predictor's own compute (the remote one reports it: `compute_s`; in-process = its wall)
+    times: dict = field(default_factory=lambda: dict.fromkeys(TIMES, 0.0))
+
+
+TIMES = ("prefill", "talker", "sample", "predictor", "predictor_compute")
 
 
 def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sampler: Sampler,
@@ -67,10 +75,16 @@ def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sample
     gen.seed = sampler.seed
     if max_frames < 1:
         raise ValueError("max_frames must be >= 1")
+    tm, clock = gen.times, time.perf_counter
+    t = clock()
     hidden, logits = talker.prefill(prompt.prefill, prompt.n_fixed)
+    t1 = clock()
+    tm["prefill"] += t1 - t
     history = gen.code0_history
     for step in range(max_frames):
         c0 = sampler.code0(logits, history)
+        t2 = clock()
+        tm["sample"] += t2 - t1
         history.append(c0)
         if c0 == sampler.eos:
             gen.stop = "eos"
@@ -79,9 +93,15 @@ def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sample
             gen.stop = "runaway_loop"
             return
         codes, feedback = predictor.predict(hidden, c0, sampler.p, sampler.seed, step)
+        t3 = clock()
+        tm["predictor"] += t3 - t2
+        tm["predictor_compute"] += getattr(predictor, "compute_s", None) or (t3 - t2)
         gen.frames += 1
         yield codes
         if step + 1 == max_frames:
             break
+        t = clock()
         hidden, logits = talker.step(feedback + prompt.text_row(step))
+        t1 = clock()
+        tm["talker"] += t1 - t
     gen.stop = "max_frames"

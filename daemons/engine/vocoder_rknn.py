@@ -73,6 +73,10 @@ def read_rknn_meta(rknn_path: str | Path) -> dict:
 
 
 def _import_rknnlite():
+    # rknn-toolkit-lite2 2.5.0's import renames logging's levels process-wide to C/E/W/I/D and drops the
+    # standard names (seen under aarch64 emulation): our journal lines would say "I" for INFO and any later
+    # setLevel("WARNING") would raise. Put the tables back as they were.
+    names = dict(logging._nameToLevel), dict(logging._levelToName)
     try:
         from rknnlite.api import RKNNLite  # rknn-toolkit-lite2: aarch64 boards only
     except ImportError as e:
@@ -80,6 +84,11 @@ def _import_rknnlite():
                                          f"only, this is {platform.machine()})") from None
     except Exception as e:  # noqa: BLE001 - a broken install (e.g. missing librknnrt.so) raises anything
         raise RknnUnavailable("runtime", f"rknn-toolkit-lite2 cannot be imported: {e}") from None
+    finally:
+        for table, saved in zip((logging._nameToLevel, logging._levelToName), names):
+            if table != saved:
+                table.clear()
+                table.update(saved)
     return RKNNLite
 
 
@@ -90,20 +99,22 @@ def _core_mask_value(RKNNLite, mask: int | None) -> int:
 
 
 DEVICE_TREE = Path("/proc/device-tree/compatible")   # where rknn-toolkit-lite2 reads the SoC from
-_TRACEBACK = re.compile(r"^(E )?Traceback \(most recent call last\):")
+# its log lines start with its level name: "E" as it prints it, "ERROR" once our level names are back
+_LEVEL = r"(?:E|ERROR) "
+_TRACEBACK = re.compile(rf"^(?:{_LEVEL})?Traceback \(most recent call last\):")
 
 
 def library_reason(lines: list[str]) -> str:
     """rknn-toolkit-lite2's own reason from what it printed: the exception at the end of its last traceback
     (it logs `E Catch exception when init runtime!` + `E Traceback ...`; the exception text may span lines),
-    else its `E ` error lines; "" when it printed neither."""
+    else its error lines (`E ` / `ERROR `); "" when it printed neither."""
     starts = [i for i, ln in enumerate(lines) if _TRACEBACK.match(ln)]
     if starts:
         body = lines[starts[-1] + 1:]
         frames = [i for i, ln in enumerate(body) if ln.startswith((" ", "\t"))]
         exc = " ".join(ln.strip() for ln in body[(frames[-1] + 1 if frames else 0):])
-        return re.sub(r"^(E )?(Exception: )?", "", exc).strip()
-    return "; ".join(ln[2:].strip() for ln in lines if ln.startswith("E "))
+        return re.sub(rf"^(?:{_LEVEL})?(?:Exception: )?", "", exc).strip()
+    return "; ".join(re.sub(rf"^{_LEVEL}", "", ln).strip() for ln in lines if re.match(_LEVEL, ln))
 
 
 def _soc_hint() -> str:

@@ -99,7 +99,7 @@ class Limits:
     vocoder_timeout_s: float = 10.0
     max_message_bytes: int = 4 * 1024 * 1024
     chunk_frames: int = 4
-    first_chunk_frames: int = 2
+    first_chunk_frames: int = 1     # 1: first audio after one frame (TTFA 287 -> 162 ms, docs/PERFORMANCE.md)
     max_frames: int = 2048
     client_queue_size: int = 4        # waiting requests one client connection may hold (fairness)
     client_send_queue: int = 4096     # messages queued towards one client; a client that stops reading is dropped

@@ -508,6 +508,7 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
     # one instrumented pass: where a frame's time goes (the wrappers add a few microseconds per call)
     acc = {"decode": 0.0, "decode_calls": 0, "sample": 0.0, "embed_sum": 0.0}
     orig_decode, orig_sample, orig_fe = eng.lm.decode, predmod.sample_sub, predmod.frame_embeddings
+    orig_decode_row = eng.lm.decode_row  # the 14 one-row steps after each frame's 2-row start
 
     def timed(fn, key, count=None):
         def wrapper(*a, **k):
@@ -521,10 +522,11 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
         return wrapper
 
     decode = timed(orig_decode, "decode", "decode_calls")
+    decode_row = timed(orig_decode_row, "decode", "decode_calls")
     sample = timed(orig_sample, "sample")
     fe = timed(orig_fe, "embed_sum")
 
-    eng.lm.decode, predmod.sample_sub, predmod.frame_embeddings = decode, sample, fe
+    eng.lm.decode, eng.lm.decode_row, predmod.sample_sub, predmod.frame_embeddings = decode, decode_row, sample, fe
     try:
         t0 = time.perf_counter()
         for i in range(frames):
@@ -532,7 +534,7 @@ def bench_predictor(model_dir: Path, threads: int, frames: int, runs: int, keep:
             eng.predict(h, c0, params, 7, i)
         total = time.perf_counter() - t0
     finally:
-        del eng.lm.decode
+        del eng.lm.decode, eng.lm.decode_row
         predmod.sample_sub, predmod.frame_embeddings = orig_sample, orig_fe
     # the 15 heads alone (as the engine computes them: fp32 numpy, or ggml F16/Q8_0)
     h = keep[0][0].astype(np.float32)

@@ -71,7 +71,7 @@ def test_defaults_without_any_file(home):
     assert (cfg.limits.max_text_chars, cfg.limits.queue_size, cfg.limits.request_timeout_s) == (20000, 8, 600.0)
     assert (cfg.limits.predictor_timeout_s, cfg.limits.vocoder_timeout_s) == (5.0, 10.0)
     assert cfg.limits.max_message_bytes == 4 * 1024 * 1024
-    assert (cfg.limits.chunk_frames, cfg.limits.first_chunk_frames, cfg.limits.max_frames) == (4, 2, 2048)
+    assert (cfg.limits.chunk_frames, cfg.limits.first_chunk_frames, cfg.limits.max_frames) == (4, 1, 2048)
     assert cfg.voices_dir is None
     assert cfg.endpoint("talker") == cfg.endpoints["talker"] and cfg.role("vocoder") == RoleConfig()
     with pytest.raises(ValueError):
@@ -138,7 +138,7 @@ predictor_timeout_s = 1.5
 vocoder_timeout_s = 2
 max_message_bytes = 65536
 chunk_frames = 8
-first_chunk_frames = 1
+first_chunk_frames = 3
 max_frames = 500
 """
 
@@ -157,7 +157,7 @@ def test_full_file(home):
                             "sub_temperature": 0.5, "sub_top_k": 20, "sub_top_p": 0.9, "seed": 42,
                             "do_sample": False}
     assert isinstance(cfg.sampling["repetition_penalty"], float)
-    assert cfg.limits == Limits(100, 3, 60.0, 1.5, 2.0, 65536, 8, 1, 500)
+    assert cfg.limits == Limits(100, 3, 60.0, 1.5, 2.0, 65536, 8, 3, 500)
     assert isinstance(cfg.limits.request_timeout_s, float)
 
 

@@ -86,9 +86,9 @@ def test_one_segment_frames_chunks_and_done(synth):
     assert done.type == "done" and done.header["frames"] == 11 and done.header["stop"] == "max_frames"
     assert (done.arrays["codes"] == ref).all()
     assert done.header["random_weights"] is True and done.header["seed"] == 7
-    # chunks to the vocoder: first 2 frames, then 4 at a time, the rest at the end; seq numbered in order
+    # chunks to the vocoder (default limits): first 1 frame, then 4 at a time, the rest at the end; seq in order
     sizes = [len(m.arrays["codes"]) for m in links.to_vocoder if m.type == "frames"]
-    assert sizes == [2, 4, 4, 1]
+    assert sizes == [1, 4, 4, 2]
     assert [m.header["seq"] for m in links.to_vocoder if m.type == "frames"] == [0, 1, 2, 3]
     # one progress per frame, audio for every frame, in order, before done
     types = links.client_types()
@@ -103,7 +103,8 @@ def test_segments_with_pause_in_stream_order(synth):
     assert len(req.segments) == 2
     run(req, links, synth.vocoder)
     kinds = [(m.type, m.header["seq"]) for m in links.to_vocoder if m.type in ("frames", "pause")]
-    assert [k for k, _ in kinds] == ["frames", "frames", "pause", "frames", "frames"]
+    # 6 frames a segment: 1 + 4 + 1, the pause, then 4 + 2 (only a stream's first chunk is short)
+    assert [k for k, _ in kinds] == ["frames", "frames", "frames", "pause", "frames", "frames"]
     assert [s for _, s in kinds] == list(range(5))
     pause = next(m for m in links.to_vocoder if m.type == "pause")
     assert pause.header["samples"] == 2400

@@ -105,7 +105,7 @@ def test_segments_with_pause_in_stream_order(synth):
     kinds = [(m.type, m.header["seq"]) for m in links.to_vocoder if m.type in ("frames", "pause")]
     # 6 frames a segment: 1 + 4 + 1, the pause, then 4 + 2 (only a stream's first chunk is short)
     assert [k for k, _ in kinds] == ["frames", "frames", "frames", "pause", "frames", "frames"]
-    assert [s for _, s in kinds] == list(range(5))
+    assert [s for _, s in kinds] == list(range(6))
     pause = next(m for m in links.to_vocoder if m.type == "pause")
     assert pause.header["samples"] == 2400
     done = links.to_client[-1]

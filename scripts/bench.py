@@ -141,14 +141,16 @@ def machine_info() -> dict:
 
 
 def git_info() -> dict:
-    def git(*cmd):
+    def git(*cmd, strip=True):
         try:
-            return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+            out = subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=ROOT, timeout=10).stdout
+            return out.strip() if strip else out
         except (OSError, subprocess.SubprocessError):
             return None
 
+    # porcelain lines are "XY path": not stripped, or " M docs/x" loses the path's first letter
     return {"head": git("rev-parse", "--short", "HEAD"), "subject": git("log", "-1", "--format=%s"),
-            "dirty": [l[3:] for l in (git("status", "--porcelain") or "").splitlines()]}
+            "dirty": [ln[3:] for ln in (git("status", "--porcelain", strip=False) or "").splitlines() if ln.strip()]}
 
 
 def wait_for_idle(max_load: float, max_wait_s: float) -> dict:

@@ -224,6 +224,9 @@ class Request:
         """One answer of the vocoder for this request: forward its audio, in order."""
         if msg.type == "error":
             raise RequestFailed("vocoder_unavailable", f"vocoder: {msg.header.get('message')}")
+        if msg.type == "priming" and msg.header.get("seq") == self.seq_done == 0:
+            self.last_voc = time.monotonic()  # it is priming this stream's reference: alive, audio to follow
+            return
         if msg.type != "audio" or msg.header.get("seq") != self.seq_done:
             raise RequestFailed("vocoder_unavailable", "vocoder answered out of order")
         self.seq_done += 1

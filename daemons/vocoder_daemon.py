@@ -266,10 +266,13 @@ class VocoderDaemon(WorkerService):
             job[3] = False  # wanted by a request now
         self._add_job(key, ctx, idle=False)
 
-    def primed_stream(self, ctx: np.ndarray):
+    def primed_stream(self, ctx: np.ndarray, note=None):
         """A new stream that has already decoded `ctx` (an in-context voice's reference codes, validated) and
         dropped its audio: the official decode(ref + generated) then cut, without the re-decode per request:
-        the primed state is kept per reference. Priming still needed is done now, DECODE_STEP_FRAMES at a time."""
+        the primed state is kept per reference. Priming still needed is done now, DECODE_STEP_FRAMES at a time,
+        with `note(done, total)` after each step: a long reference takes longer than the talker's
+        vocoder_timeout_s (400 frames: ~13 s at full size here, ~30 s on an RK3588's A76 cores), and the
+        notes tell the talker the vocoder is at work on its stream, not gone."""
         key = self._context_key(ctx)
         primed = self.contexts.get(key)
         if primed is not None:
@@ -287,6 +290,8 @@ class VocoderDaemon(WorkerService):
             while job[2] < len(ctx):
                 self._advance(job, DECODE_STEP_FRAMES)
                 self.notifier.watchdog()  # a long reference at full size takes seconds per step: not hung
+                if note is not None:
+                    note(min(job[2], len(ctx)), len(ctx))
             primed = job[0]
             self._save_context(key, primed)
         self.remember_context(key, primed)
@@ -315,7 +320,10 @@ class VocoderDaemon(WorkerService):
             except ValueError as e:
                 self.reply(self.sock, ident, protocol.error(msg.id, "bad_request", str(e)))
                 return None
-            self.streams[key] = (self.engine.new_stream() if ctx is None else self.primed_stream(ctx), 0)
+            def note(done: int, total: int) -> None:
+                self.reply(self.sock, ident, protocol.encode("priming", id=msg.id, seq=0, frames=done, of=total))
+
+            self.streams[key] = (self.engine.new_stream() if ctx is None else self.primed_stream(ctx, note), 0)
             self._trim_streams()
         entry = self.streams.get(key)
         if entry is None or entry[1] != seq:

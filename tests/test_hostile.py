@@ -594,6 +594,13 @@ def test_vocoder_frame_cap_and_long_context(cluster):
         ctx = rng.integers(0, cluster.codebook, (400, 16))
         s.send_multipart(protocol.encode("prime", {"context": ctx}, id="ctx"))
         m = _voc(s, _frames(np.ones((2, 16), np.int64), id="ctx", context=ctx))
+        notes = []  # the part of the priming left when seq 0 came is done then, with a note per step
+        while m.type == "priming":
+            notes.append(m.header["frames"])
+            assert m.header["of"] == 400 and m.header["seq"] == 0 and m.id == "ctx", m.header
+            assert s.poll(20000), "the vocoder did not answer"
+            m = protocol.decode(s.recv_multipart(), 1 << 26)
+        assert notes == sorted(notes) and (not notes or notes[-1] == 400), notes
         assert m.type == "audio" and len(m.arrays["pcm"]) == 2 * 1920
         m = _voc(s, _frames(np.ones((2, 16), np.int64), id="ctx2", context=rng.integers(0, 32, (401, 16))))
         assert m.type == "error" and "1..400" in m.header["message"]

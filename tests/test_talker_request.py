@@ -131,7 +131,7 @@ def test_vocoder_away_then_timeout(synth):
     req, links = make(synth, "Hello there.", cap=40, limits=lim)
     links.vocoder_up = False
     req.step()
-    req.step()  # the first chunk (2 frames) cannot be handed over
+    req.step()  # the first chunk cannot be handed over: 2 frames wait
     assert req.blocked_since is not None and len(req.pending) == 2
     req.overdue(req.blocked_since + 0.1)  # not yet
     with pytest.raises(RequestFailed) as ei:
@@ -145,6 +145,24 @@ def test_vocoder_away_then_timeout(synth):
     req2.step()
     assert [len(m.arrays["codes"]) for m in links2.to_vocoder if m.type == "frames"] == [3]
     assert req2.blocked_since is None
+
+
+def test_priming_notes_keep_the_first_chunk_waiting(synth):
+    """While the vocoder primes a long reference for the stream's first chunk, its `priming` notes count as
+    signs of life: without them the wait ends after vocoder_timeout_s; a note for another seq is out of order."""
+    req, links = make(synth, "Hello there.", cap=40, limits=Limits(vocoder_timeout_s=0.5))
+    req.step()  # the first chunk is out; its audio is not back
+    assert (req.seq_sent, req.seq_done) == (1, 0)
+    t = req.last_voc
+    with pytest.raises(RequestFailed) as ei:
+        req.overdue(t + 0.6)
+    assert ei.value.code == "vocoder_unavailable"
+    req.deliver(protocol.Message("priming", {"seq": 0, "frames": 16, "of": 400}, {}))
+    assert req.last_voc > t and req.state == "generating"
+    req.overdue(req.last_voc + 0.4)  # within the timeout again
+    with pytest.raises(RequestFailed) as ei:
+        req.deliver(protocol.Message("priming", {"seq": 1, "frames": 32, "of": 400}, {}))
+    assert "out of order" in ei.value.message
 
 
 def test_out_of_order_or_error_audio_fails(synth):

@@ -38,11 +38,21 @@ def test_tcp_endpoints_between_the_daemons(tiny_model, tmp_path, synth):
     assert len(r.audio) == len(ref_wav) and snr_db(ref_wav, r.audio) >= 60
 
 
+def _after_priming(sock) -> tuple[list, protocol.Message]:
+    """The `priming` notes (frames, of, seq, id) a seq-0 message with an unprimed context gets, and the answer."""
+    notes = []
+    while True:
+        assert sock.poll(120_000), "the vocoder did not answer"
+        m = protocol.decode(sock.recv_multipart(), 1 << 24)
+        if m.type != "priming":
+            return notes, m
+        notes.append((m.header["frames"], m.header["of"], m.header["seq"], m.id))
+
+
 def _open_stream(sock, rid: str, ctx: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """seq 0 of a stream primed with `ctx`: the audio of `codes` after the reference's (which is cut)."""
     sock.send_multipart(protocol.encode("frames", {"codes": codes, "context": ctx}, id=rid, seq=0))
-    assert sock.poll(120_000), "the vocoder did not answer"
-    m = protocol.decode(sock.recv_multipart(), 1 << 24)
+    m = _after_priming(sock)[1]
     assert m.type == "audio", m.header
     sock.send_multipart(protocol.encode("close", id=rid))
     return m.arrays["pcm"]
@@ -93,3 +103,29 @@ def test_primed_voice_states_are_kept_least_recently_used_first_out(vocoder):
     assert np.array_equal(again1, first[1])
     # and the references matter (a control: the same codes after another reference sound different)
     assert snr_db(first[0], first[1]) < 30
+
+
+def test_priming_a_reference_sends_progress_notes(vocoder, tiny_model):
+    """A seq-0 message whose reference is not primed yet: the vocoder primes it there and then, and tells the
+    talker after every 16-frame step (a 400-frame reference takes longer than the talker's vocoder_timeout_s
+    at full size, and longer still on a board), then answers with the audio of the stream primed so."""
+    from daemons.engine.vocoder import VocoderEngine
+    from daemons.vocoder_daemon import DECODE_STEP_FRAMES
+
+    sock, codebook = vocoder
+    rng = np.random.default_rng(23)
+    ctx, codes = rng.integers(0, codebook, (100, 16)), rng.integers(0, codebook, (3, 16))
+    sock.send_multipart(protocol.encode("frames", {"codes": codes, "context": ctx}, id="long", seq=0))
+    notes, m = _after_priming(sock)
+    steps = list(range(DECODE_STEP_FRAMES, 100, DECODE_STEP_FRAMES)) + [100]
+    assert notes == [(f, 100, 0, "long") for f in steps]
+    assert m.type == "audio" and m.header["seq"] == 0
+    s = VocoderEngine(tiny_model, threads=1).new_stream()
+    for i in range(0, 100, DECODE_STEP_FRAMES):
+        s.decode(ctx[i:i + DECODE_STEP_FRAMES])
+    assert snr_db(s.decode(codes), m.arrays["pcm"]) >= 60
+    # primed now: the same reference again gets no notes, only its audio
+    sock.send_multipart(protocol.encode("frames", {"codes": codes, "context": ctx}, id="again", seq=0))
+    notes, m = _after_priming(sock)
+    assert notes == [] and m.type == "audio"
+

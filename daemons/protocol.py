@@ -23,7 +23,8 @@ Talker <-> predictor (DEALER -> ROUTER):
                                                                       + feedback f32 [hidden]
 Talker <-> vocoder (DEALER -> ROUTER), streams keyed by (connection, id), 1 <= n <= 64 (MAX_FRAMES_PER_MESSAGE):
   frames {id, seq} + codes i64 [n, 16] [+ context i64 [m, 16] at seq 0]  -> audio {id, seq} + pcm f32 [n * 1920]
-                       (before it, while a seq-0 context is primed: priming {id, seq: 0, frames, of} per step)
+                       (before it, while a seq-0 context is primed: priming {id, seq: 0, frames, of} per step;
+                        between the 16-frame steps of a longer message: decoding {id, seq, frames, of})
   pause {id, seq, samples} [+ context at seq 0]                         -> audio {id, seq, pause} + zeros
   prime {id} + context i64 [m, 16]       (no answer: primes the reference while the talker prefills)
   close {id}                             (drops the stream state)

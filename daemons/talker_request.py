@@ -224,8 +224,9 @@ class Request:
         """One answer of the vocoder for this request: forward its audio, in order."""
         if msg.type == "error":
             raise RequestFailed("vocoder_unavailable", f"vocoder: {msg.header.get('message')}")
-        if msg.type == "priming" and msg.header.get("seq") == self.seq_done == 0:
-            self.last_voc = time.monotonic()  # it is priming this stream's reference: alive, audio to follow
+        if msg.type in ("priming", "decoding") and msg.header.get("seq") == self.seq_done:
+            # priming this stream's reference, or between the steps of a long message: alive, audio to follow
+            self.last_voc = time.monotonic()
             return
         if msg.type != "audio" or msg.header.get("seq") != self.seq_done:
             raise RequestFailed("vocoder_unavailable", "vocoder answered out of order")

@@ -364,8 +364,13 @@ class VocoderDaemon(WorkerService):
         if len(codes) <= DECODE_STEP_FRAMES:
             pcm = stream.decode(codes)
         else:
-            pcm = np.concatenate([stream.decode(codes[i:i + DECODE_STEP_FRAMES])
-                                  for i in range(0, len(codes), DECODE_STEP_FRAMES)])
+            parts = []
+            for i in range(0, len(codes), DECODE_STEP_FRAMES):
+                if i:  # up to 64 frames (piled up while the vocoder was away): 8-13 s on a board's CPU vocoder
+                    self.reply(self.sock, ident, protocol.encode("decoding", id=msg.id, seq=seq, frames=i,
+                                                                 of=len(codes)))
+                parts.append(stream.decode(codes[i:i + DECODE_STEP_FRAMES]))
+            pcm = np.concatenate(parts)
         self._answer(ident, msg, stream, seq, pcm)
 
     def handle_pause(self, ident: bytes, msg: protocol.Message) -> None:

@@ -588,6 +588,12 @@ def test_vocoder_frame_cap_and_long_context(cluster):
         assert m.type == "error" and m.header["code"] == "bad_request" and "1..64" in m.header["message"]
         codes = rng.integers(0, cluster.codebook, (64, 16))
         m = _voc(s, _frames(codes, id="cap"))
+        steps = []  # a note between the 16-frame steps: the talker's wait for this message starts again
+        while m.type == "decoding":
+            steps.append((m.header["frames"], m.header["of"], m.header["seq"]))
+            assert s.poll(20000), "the vocoder did not answer"
+            m = protocol.decode(s.recv_multipart(), 1 << 26)
+        assert steps == [(16, 64, 0), (32, 64, 0), (48, 64, 0)]
         assert m.type == "audio" and len(m.arrays["pcm"]) == 64 * 1920
         one_call = VocoderEngine(cluster.model / "vocoder.onnx", threads=1).decode_all(codes)
         assert snr_db(one_call, m.arrays["pcm"]) >= 60

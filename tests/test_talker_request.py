@@ -160,6 +160,9 @@ def test_priming_notes_keep_the_first_chunk_waiting(synth):
     req.deliver(protocol.Message("priming", {"seq": 0, "frames": 16, "of": 400}, {}))
     assert req.last_voc > t and req.state == "generating"
     req.overdue(req.last_voc + 0.4)  # within the timeout again
+    t = req.last_voc
+    req.deliver(protocol.Message("decoding", {"seq": 0, "frames": 16, "of": 64}, {}))  # a long message's steps
+    assert req.last_voc > t
     with pytest.raises(RequestFailed) as ei:
         req.deliver(protocol.Message("priming", {"seq": 1, "frames": 32, "of": 400}, {}))
     assert "out of order" in ei.value.message

@@ -313,9 +313,9 @@ def test_disconnect_cancels_and_busy(gw):
     assert len(r.content) > 0
 
 
-def test_predictor_killed_mid_stream(gw):
-    """kill -9 of the predictor while an SSE stream runs: the stream ends with an error event the client
-    sees (a chunked audio body is cut short instead); after a restart the next request works."""
+def _kill_mid_sse_stream(gw, role: str) -> list:
+    """kill -9 of `role` while an SSE stream runs; the stream's events (the last one is how it ended), then
+    `role` restarted and a next request that works."""
     import signal
 
     wait_idle(gw, 60)
@@ -324,39 +324,31 @@ def test_predictor_killed_mid_stream(gw):
         lines = s.iter_lines()
         first = next(ln for ln in lines if ln.startswith("data: "))
         assert json.loads(first[6:])["type"] == "speech.audio.delta"
-        os.kill(gw.procs["predictor"].pid, signal.SIGKILL)
-        gw.procs["predictor"].wait()
+        os.kill(gw.procs[role].pid, signal.SIGKILL)
+        gw.procs[role].wait()
         events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: ")]
-    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "predictor_unavailable", events[-1:]
-    assert all(e["type"] == "speech.audio.delta" for e in events[:-1])
-    gw.start("predictor")
-    gw.wait_ready("predictor", 120)
+    gw.start(role)
+    gw.wait_ready(role, 120)
     r = sdk(gw).audio.speech.create(model="tts-1", input=TEXT, voice="alloy", response_format="wav",
                                     extra_body=EXTRA)
     assert len(decode(r.content, "wav")[0]) > 0
+    return events
+
+
+def test_predictor_killed_mid_stream(gw):
+    """kill -9 of the predictor while an SSE stream runs: the stream ends with an error event the client
+    sees (a chunked audio body is cut short instead); after a restart the next request works."""
+    events = _kill_mid_sse_stream(gw, "predictor")
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "predictor_unavailable", events[-1:]
+    assert all(e["type"] == "speech.audio.delta" for e in events[:-1])
 
 
 def test_talker_killed_mid_stream(gw):
     """kill -9 of the talker while an SSE stream runs: the gateway's TalkerLink notices the lost connection
     (daemons/peer_watch.py) and the stream ends with a not_running error event, not with `timeout` after
     request_timeout_s (the code tells which path ended it); after a restart the next request works."""
-    import signal
-
-    wait_idle(gw, 60)
-    with long_stream(gw, stream_format="sse") as s:
-        assert s.status_code == 200
-        lines = s.iter_lines()
-        first = next(ln for ln in lines if ln.startswith("data: "))
-        assert json.loads(first[6:])["type"] == "speech.audio.delta"
-        os.kill(gw.procs["talker"].pid, signal.SIGKILL)
-        gw.procs["talker"].wait()
-        events = [json.loads(ln[6:]) for ln in lines if ln.startswith("data: ")]
+    events = _kill_mid_sse_stream(gw, "talker")
     assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "not_running", events[-1:]
-    gw.start("talker")
-    gw.wait_ready("talker", 120)
-    r = sdk(gw).audio.speech.create(model="tts-1", input=TEXT, voice="alloy", response_format="wav",
-                                    extra_body=EXTRA)
-    assert len(decode(r.content, "wav")[0]) > 0
 
 
 def test_talker_down_is_503(tmp_path):

@@ -361,17 +361,13 @@ class VocoderDaemon(WorkerService):
         stream = self._stream_at(ident, msg, seq)
         if stream is None:
             return
-        if len(codes) <= DECODE_STEP_FRAMES:
-            pcm = stream.decode(codes)
-        else:
-            parts = []
-            for i in range(0, len(codes), DECODE_STEP_FRAMES):
-                if i:  # up to 64 frames (piled up while the vocoder was away): 8-13 s on a board's CPU vocoder
-                    self.reply(self.sock, ident, protocol.encode("decoding", id=msg.id, seq=seq, frames=i,
-                                                                 of=len(codes)))
-                parts.append(stream.decode(codes[i:i + DECODE_STEP_FRAMES]))
-            pcm = np.concatenate(parts)
-        self._answer(ident, msg, stream, seq, pcm)
+        parts = []
+        for i in range(0, len(codes), DECODE_STEP_FRAMES):
+            if i:  # up to 64 frames (piled up while the vocoder was away): 8-13 s on a board's CPU vocoder
+                self.reply(self.sock, ident, protocol.encode("decoding", id=msg.id, seq=seq, frames=i,
+                                                             of=len(codes)))
+            parts.append(stream.decode(codes[i:i + DECODE_STEP_FRAMES]))
+        self._answer(ident, msg, stream, seq, parts[0] if len(parts) == 1 else np.concatenate(parts))
 
     def handle_pause(self, ident: bytes, msg: protocol.Message) -> None:
         """Silence between segments, in stream order; the decoder state is untouched (no seam)."""

@@ -53,12 +53,15 @@ def test_daemons_match_in_process_engine(cluster, synth):
     assert (g.codes == gref).all()
 
 
-def test_done_carries_the_per_frame_time_breakdown(cluster):
+def test_done_carries_the_per_frame_time_breakdown(cluster, synth):
     """The talker's `done` says where each frame's time went (bench.py's frame_breakdown reads it): the
     predictor daemon's own compute time (its `ms` header) is part of the round trip the talker waited for,
     and the parts add up to no more than the talker's step, the step to no more than the wall span."""
+    # seed 36 makes no EOS in 30 frames (the in-process engine, which the daemons equal): talker steps happen
+    assert len(list(synth.frames(TEXT, "english", params=synth.sampling(seed=36), max_frames=30))) == 30
     with client(cluster) as c:
-        r = c.synthesize(TEXT, "english", params={"seed": 5}, max_frames=12)
+        r = c.synthesize(TEXT, "english", params={"seed": 36}, max_frames=12)
+    assert r.frames == 12
     t = r.timing
     assert set(t) == {"talker_ms", "sample_ms", "predictor_ms", "predictor_compute_ms", "step_ms", "span_ms",
                       "prefill_ms"}, t

@@ -114,6 +114,9 @@ class Limits:
     loop_frames: int = 36             # stop when the last N code-0 values repeat with period <= 8 (0: off)
     silence_frames: int = 30          # stop after N near-silent frames once the text is consumed (0: off)
     silence_rms: float = 0.003        # "near-silent": frame RMS below this (about -50 dBFS)
+    # once its text is used up, a segment runs at most N frames ahead of the audio heard back: the silence
+    # rule then acts within N frames however far behind a loaded vocoder is (normal lag: a chunk + ~2)
+    silence_lag_frames: int = 12
     # persistent caches under cache_dir, least recently used files dropped beyond these sizes
     prefix_cache_mb: float = 1024.0   # talker prompt-prefix KV states (full size: ~112 KiB per prompt row, f16)
     vocoder_cache_mb: float = 256.0   # vocoder states primed with a voice's reference codes

@@ -375,7 +375,9 @@ class TalkerDaemon(Service):
 
     # --- the loop ---------------------------------------------------------------------------------
     def serve_once(self, timeout_ms: int) -> None:
-        busy = self.active is not None or (self.queues and not self.stop_requested)
+        # a request waiting for its audio (silence rule) is not busy: sleep until the vocoder answers
+        busy = (self.active is not None and not self.active.awaiting_audio()) or \
+            (self.queues and not self.stop_requested)
         poller = zmq.Poller()
         poller.register(self.front, zmq.POLLIN)
         poller.register(self.voc, zmq.POLLIN)

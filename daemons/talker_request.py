@@ -147,6 +147,10 @@ class Request:
             elif self._send_pause():
                 self.pause_pending = False
             return
+        if self.awaiting_audio():
+            if self.pending:
+                self._send_frames()  # a short chunk: the audio the rule waits for must be on its way
+            return
         fr = None
         if self.stop_silence:
             self.gen.stop = "runaway_silence"
@@ -164,6 +168,15 @@ class Request:
             return
         if len(self.pending) >= self._chunk_size():
             self._send_frames()
+
+    def awaiting_audio(self) -> bool:
+        """Past its text, with the silence rule on, the segment waits while it is `silence_lag_frames`
+        ahead of the audio heard: the rule's verdict then comes at a bounded frame, not at the vocoder's pace."""
+        L = self.engines.limits
+        n = len(self.frames)
+        return (self.state == "generating" and not self.pause_pending and not self.stop_silence
+                and L.silence_frames > 0 and n >= self.text_end
+                and n - self.audio_frames >= L.silence_lag_frames)
 
     def _end_segment(self) -> None:
         for k, v in self.gen.times.items():

@@ -153,14 +153,16 @@ def test_silence_rule_stops_after_the_text(tiny_model, tmp_path, synth):
         fired = 0
         for seg, txt in zip(r.segments, split_text(text)):
             n_tok = synth.prompts.build(txt, "english").n_text_tokens
-            if seg["stop"] == "eos":  # the model may stop by itself first; then the rule must not have fired
-                assert seg["frames"] < n_tok + 5, seg
+            # text used up after n_tok frames (streaming text), then 5 silent frames heard; past its text a
+            # segment runs at most silence_lag_frames (12) ahead of the audio heard, however loaded the machine
+            assert seg["frames"] <= n_tok + 5 + 12, (seg, n_tok)
+            if seg["stop"] == "eos":  # the model may stop by itself first; then the rule had not fired
                 continue
             assert seg["stop"] == "runaway_silence", seg
             fired += 1
-            # text used up after n_tok frames (streaming text), then 5 silent frames; more may be generated
-            # while their audio is on its way back from the vocoder (a loaded machine: up to a few chunks)
-            assert n_tok + 5 <= seg["frames"] <= n_tok + 5 + 40, (seg, n_tok)
+            assert n_tok + 5 <= seg["frames"], (seg, n_tok)
+        # seed 3: segment 0's own EOS comes at frame 156 (seen when the rule once lagged), long after the
+        # rule's last possible frame, so the rule fires there on every run
         assert fired >= 1
     finally:
         stop_cluster(la)

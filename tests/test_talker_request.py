@@ -206,6 +206,47 @@ def test_silence_rule_after_text_only(synth):
     assert text_end + 5 <= done.header["frames"] <= text_end + 6
 
 
+def test_generation_waits_for_the_audio_once_the_text_is_used_up(synth):
+    """Past its text, a segment runs at most `silence_lag_frames` ahead of the audio heard back (its short
+    chunk sent, so that audio is on its way); audio arriving lets it go on. A vocoder far behind therefore
+    cannot delay the silence rule's verdict beyond a fixed frame."""
+    lim = Limits(silence_frames=5, silence_lag_frames=6, chunk_frames=4, first_chunk_frames=1)
+    req, links = make(synth, "Hello there, how are you today?", cap=200, limits=lim)
+    answered = 0
+
+    def answer(loud):
+        nonlocal answered
+        for m in links.to_vocoder[answered:]:
+            answered += 1
+            n = len(m.arrays["codes"])
+            pcm = np.full(1920 * n, 0.5 if loud else 0.0, np.float32)
+            req.deliver(protocol.Message("audio", {"seq": m.header["seq"]}, {"pcm": pcm}))
+
+    assert req.text_end > 6
+    while len(req.frames) < req.text_end:  # before the text's end: no waiting, whatever the vocoder does
+        req.step()
+    assert req.audio_frames == 0 and req.awaiting_audio()  # now more than 6 frames ahead of no audio
+    answer(loud=True)
+    heard = req.audio_frames
+    for _ in range(50):  # the vocoder now says nothing
+        req.step()
+    assert req.state == "generating" and req.awaiting_audio()
+    assert len(req.frames) == heard + 6 and not req.pending  # the partial chunk went out
+    answer(loud=True)  # the audio comes: generation goes on, up to 6 frames ahead again
+    assert not req.awaiting_audio()
+    for _ in range(50):
+        req.step()
+    assert len(req.frames) == req.audio_frames + 6
+    stop_at = len(req.frames)
+    while req.state == "generating":  # from now on every frame is silent: the rule fires at a fixed frame
+        answer(loud=False)
+        req.step()
+    done = links.to_client[-1]
+    assert done.header["stop"] == "runaway_silence"
+    # 5 silent frames heard (the first is frame stop_at - 6), one more step notices the flag
+    assert done.header["frames"] <= stop_at - 6 + 5 + 6 + 1, (done.header, stop_at)
+
+
 class PeriodicTalker:
     """The real tiny talker, with its code-0 logits steered to a period-3 cycle: a runaway loop made on
     purpose (random weights may or may not fall into one by themselves)."""
@@ -222,9 +263,9 @@ class PeriodicTalker:
             logits[[3, 7, 11][self.n % 3]] += 1e4
         return hidden, logits
 
-    def prefill(self, rows, fixed=0):
+    def prefill(self, rows, fixed=0, frames=0):
         self.n = 0
-        return self._steer(self.t.prefill(rows, fixed))
+        return self._steer(self.t.prefill(rows, fixed, frames))
 
     def step(self, row):
         return self._steer(self.t.step(row))

@@ -15,7 +15,7 @@ from .sampling import Sampler, SamplingParams
 class Talker(Protocol):
     capacity: int
 
-    def prefill(self, rows: np.ndarray, fixed: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
+    def prefill(self, rows: np.ndarray, fixed: int = 0, frames: int = 0) -> tuple[np.ndarray, np.ndarray]: ...
 
     def step(self, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
@@ -77,7 +77,7 @@ def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sample
         raise ValueError("max_frames must be >= 1")
     tm, clock = gen.times, time.perf_counter
     t = clock()
-    hidden, logits = talker.prefill(prompt.prefill, prompt.n_fixed)
+    hidden, logits = talker.prefill(prompt.prefill, prompt.n_fixed, frames=max_frames)
     t1 = clock()
     tm["prefill"] += t1 - t
     history = gen.code0_history

@@ -49,7 +49,11 @@ def _backend_init() -> None:
 class EmbeddingLM:
     """One llama.cpp model + context with a single sequence (id 0) and an explicit position counter."""
 
-    def __init__(self, gguf_path: str | Path, n_ctx: int, threads: int, max_batch: int = 512, kv_type: str = "f32"):
+    def __init__(self, gguf_path: str | Path, n_ctx: int, threads: int, max_batch: int = 512, kv_type: str = "f32",
+                 n_ctx_start: int | None = None):
+        """`n_ctx` positions at most; the KV cache starts at `n_ctx_start` of them (default: all) and grows
+        (doubling) when more are needed. llama.cpp zeroes the whole KV buffer when it creates a context, so
+        every allocated position is resident memory whether used or not (112 KiB each for the f16 talker)."""
         _backend_init()
         path = Path(gguf_path)
         if not path.is_file():
@@ -65,7 +69,6 @@ class EmbeddingLM:
         self.n_embd = L.llama_model_n_embd(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
         cp = L.llama_context_default_params()
-        cp.n_ctx = n_ctx
         cp.n_batch = max(max_batch, 1)
         cp.n_ubatch = max(max_batch, 1)
         cp.n_seq_max = 1
@@ -79,17 +82,46 @@ class EmbeddingLM:
         cp.type_k = cp.type_v = L.GGML_TYPE_F32 if kv_type == "f32" else L.GGML_TYPE_F16
         self.kv_type = kv_type
         cp.no_perf = True
-        self.ctx = L.llama_init_from_model(self.model, cp)
-        if not self.ctx:
-            L.llama_model_free(self.model)
-            raise ModelError(f"llama.cpp could not create a context for {path}")
-        self.n_ctx = L.llama_n_ctx(self.ctx)
+        self._cparams, self._path = cp, path
+        self.ctx = None
+        self.n_ctx = n_ctx
+        self._new_context(min(n_ctx, n_ctx_start or n_ctx))
+        self.n_ctx = max(self.n_ctx, self.ctx_size)  # llama.cpp may round a size up
         self.max_batch = max(max_batch, 1)
         self._batch = L.llama_batch_init(self.max_batch, self.n_embd, 1)
-        self._mem = L.llama_get_memory(self.ctx)
         self.pos = 0  # next position == number of rows in the KV cache
         self.decode_calls = 0
+        self.grows = 0
+
+    def _new_context(self, size: int) -> None:
+        self._cparams.n_ctx = size
+        ctx = L.llama_init_from_model(self.model, self._cparams)
+        if not ctx:
+            if self.ctx is None:
+                L.llama_model_free(self.model)
+            raise ModelError(f"llama.cpp could not create a context of {size} positions for {self._path}")
+        self.ctx = ctx
+        self.ctx_size = L.llama_n_ctx(ctx)
+        self._mem = L.llama_get_memory(ctx)
         self._views: dict[int, np.ndarray] = {}  # output buffer address -> numpy view (see _view)
+
+    def reserve(self, n: int) -> None:
+        """Room for `n` positions: a KV cache of twice the size (or `n`, up to `n_ctx`), the sequence's rows
+        carried over through llama.cpp's state blob. Outputs do not depend on the cache's size (attention
+        covers the used cells padded to 256; the rest is masked)."""
+        if n <= self.ctx_size:
+            return
+        if n > self.n_ctx:
+            raise ValueError(f"context full: {n} positions > n_ctx {self.n_ctx}")
+        size = min(self.n_ctx, max(n, 2 * self.ctx_size))
+        pos, data = self.pos, (self._state() if self.pos else None)
+        L.llama_free(self.ctx)  # before the new one: never both caches at once
+        self.ctx = None
+        self._new_context(size)
+        self.grows += 1
+        self.pos = 0
+        if data is not None and not self.load_seq(data, pos):
+            raise RuntimeError(f"llama.cpp refused the sequence state while growing the context to {size}")
 
     def reset(self, keep: int = 0) -> None:
         """Drop the KV cache from position `keep` on (0: empty)."""
@@ -125,7 +157,7 @@ class EmbeddingLM:
             raise ValueError("nothing to decode")
         if self.pos + n > self.n_ctx:
             raise ValueError(f"context full: {self.pos} + {n} rows > n_ctx {self.n_ctx}")
-        hidden = logits = None
+        self.reserve(self.pos + n)
         for start in range(0, n, self.max_batch):
             part = rows[start:start + self.max_batch]
             k = part.shape[0]
@@ -152,6 +184,8 @@ class EmbeddingLM:
             raise ValueError(f"decode_row needs a contiguous float32 row of {self.n_embd}")
         if self.pos >= self.n_ctx:
             raise ValueError(f"context full: {self.pos} + 1 rows > n_ctx {self.n_ctx}")
+        if self.pos >= self.ctx_size:
+            self.reserve(self.pos + 1)
         b = self._batch
         ctypes.memmove(b.embd, row.ctypes.data, row.nbytes)
         b.pos[0] = self.pos
@@ -173,18 +207,26 @@ class EmbeddingLM:
 
     def save_seq(self) -> bytes:
         """The KV cache of the sequence (positions 0..pos-1) as llama.cpp's sequence state blob."""
+        return bytes(self._state())
+
+    def _state(self) -> bytearray:
         n = L.llama_state_seq_get_size(self.ctx, 0)
-        buf = (ctypes.c_uint8 * n)()
-        got = L.llama_state_seq_get_data(self.ctx, buf, n, 0)
+        # a bytearray seen through ctypes: a ctypes array's own zeroing and bytes() of it go element by
+        # element (0.75 s for a 500-row talker state; llama.cpp's copy itself takes 4 ms)
+        out = bytearray(n)
+        got = L.llama_state_seq_get_data(self.ctx, (ctypes.c_uint8 * n).from_buffer(out), n, 0)
         if got != n:
             raise RuntimeError(f"llama_state_seq_get_data wrote {got} of {n} bytes")
-        return bytes(buf)
+        return out
 
     def load_seq(self, data: bytes, pos: int) -> bool:
         """Replace the sequence by a blob from `save_seq` holding `pos` rows; False if llama.cpp refuses it
         (the sequence is then empty)."""
         self.reset()
-        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if pos > self.n_ctx:
+            return False
+        self.reserve(pos)
+        buf = np.frombuffer(data, np.uint8).ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))  # no copy
         if L.llama_state_seq_set_data(self.ctx, buf, len(data), 0) != len(data) \
                 or L.llama_memory_seq_pos_max(self._mem, 0) != pos - 1:
             self.reset()

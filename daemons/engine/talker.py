@@ -15,6 +15,9 @@ from .prefix_cache import PrefixCache
 # sentence: ~25 + 6 x 100 tokens); 2048 positions leave room for both. At full size the KV cache costs
 # 28 layers x 2 x 1024 x 2048 = 224 MiB in f16 (4096 in f32 was 896 MiB).
 DEFAULT_N_CTX = 2048
+# ... but the cache starts at 512 positions (56 MiB) and doubles when a segment needs more: most sentences
+# with their prompt fit in 512, and llama.cpp makes every allocated position resident.
+N_CTX_START = 512
 
 
 def kv_type_for(md: ModelDir) -> str:
@@ -30,7 +33,8 @@ class TalkerEngine:
         self.md = md
         gguf = md.talker["gguf"]
         kv_type = kv_type or kv_type_for(md)
-        self.lm = EmbeddingLM(md.file(gguf), n_ctx=n_ctx, threads=threads, kv_type=kv_type)
+        self.lm = EmbeddingLM(md.file(gguf), n_ctx=n_ctx, threads=threads, kv_type=kv_type,
+                              n_ctx_start=N_CTX_START)
         self.codec_vocab = md.talker["codec_vocab"]
         if self.lm.n_vocab != self.codec_vocab or self.lm.n_embd != md.talker["hidden_size"]:
             raise ValueError(f"talker GGUF ({self.lm.n_vocab} x {self.lm.n_embd}) does not match the manifest")
@@ -44,10 +48,13 @@ class TalkerEngine:
         """Rows that still fit in the context."""
         return self.lm.n_ctx - self.lm.pos
 
-    def prefill(self, rows: np.ndarray, fixed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    def prefill(self, rows: np.ndarray, fixed: int = 0, frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Start a new utterance. The first `fixed` rows (text-independent) come from the prefix cache
-        when it has them; otherwise they are decoded and their KV state is stored for the next time."""
+        when it has them; otherwise they are decoded and their KV state is stored for the next time.
+        `frames`: the most steps that will follow; the KV cache grows for them now, while it is empty
+        (growing later carries the rows over: a state copy in the middle of the stream)."""
         self.lm.reset()
+        self.lm.reserve(min(len(rows) + frames, self.lm.n_ctx))
         fixed = min(fixed, len(rows) - 1)
         if self.cache is not None and fixed > 0:
             key = self.cache.key(rows[:fixed])

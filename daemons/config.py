@@ -88,6 +88,9 @@ class ConfigError(ValueError):
 class RoleConfig:
     cpus: list[int] | None = None     # None: automatic (see daemons.cpu.plan_cpus)
     threads: int | None = None        # None: one per pinned CPU
+    # predictor only: threads for the frames while the vocoder is idle, on its CPUs plus the vocoder's
+    # (None: automatic, see daemons.cpu.plan_burst; 0: never)
+    burst_threads: int | None = None
 
 
 @dataclass
@@ -394,6 +397,15 @@ def _as_path(value: Any, where: str, cwd: Path, home: str | None = None) -> Path
     return p if p.is_absolute() else cwd / p
 
 
+def _as_burst_threads(value: Any, where: str, from_env: bool) -> int | None:
+    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+        return None
+    n = _as_int(value, where, from_env)
+    if n < 0:
+        raise ConfigError(f"{where}: burst_threads must be >= 0 (0: off), got {n}")
+    return n
+
+
 def _as_threads(value: Any, where: str, from_env: bool) -> int | None:
     if isinstance(value, str) and value.strip().lower() in ("", "auto"):
         return None
@@ -652,8 +664,15 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
     backend_keys = [f.name for f in fields(VocoderBackend)]
     for role in ROLES:
         t = _table(doc, role, src)
-        _unknown(t.keys(), ("cpus", "threads", *(backend_keys if role == "vocoder" else ())), src, f"{role}.")
+        extra = backend_keys if role == "vocoder" else ["burst_threads"] if role == "predictor" else []
+        _unknown(t.keys(), ("cpus", "threads", *extra), src, f"{role}.")
         rc = RoleConfig()
+        if role == "predictor":
+            var = "QWEN3_TTS_PREDICTOR_BURST_THREADS"
+            if var in env:
+                rc.burst_threads = _as_burst_threads(env[var], var, True)
+            elif "burst_threads" in t:
+                rc.burst_threads = _as_burst_threads(t["burst_threads"], f"{src}: predictor.burst_threads", False)
         if "cpus" in t:
             rc.cpus = parse_cpus(t["cpus"], f"{src}: {role}.cpus")
         if "threads" in t:

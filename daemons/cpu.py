@@ -26,6 +26,11 @@ Linux) and therefore every thread created afterwards, which inherits its creator
 and onnxruntime's pools, OpenMP, OpenBLAS. `limit_thread_env()` sizes the OpenMP/BLAS pools; it only
 takes effect for libraries loaded after it is called.
 
+`plan_burst()`: the predictor's wider CPU set for the frames while the vocoder is idle (the talker knows
+when it is and says so per frame): on a uniform machine the vocoder's quarter of the CPUs sits idle more
+than half of the time, and llama.cpp's decode scales with a second thread when nothing else runs there
+(docs/PERFORMANCE.md: 52 -> 31 ms per frame alone on 2 CPUs).
+
 `pin_role()` does all of it for a daemon and logs what was chosen and why (logger "qwen3_tts.cpu").
 """
 from __future__ import annotations
@@ -268,6 +273,32 @@ def _big_little_plan(role: str, clusters: list[list[int]], vocoder_on_npu: bool)
                  f"vocoder (no NPU) on {format_cpu_list(sorted(little + lent))})")
 
 
+def plan_burst(role: str, role_cfg: "RoleConfig | None", vocoder_cfg: "RoleConfig | None",
+               clusters: list[list[int]], cpus: list[int], allowed: Iterable[int] | None = None, *,
+               vocoder_on_npu: bool = False) -> tuple[list[int], int, str]:
+    """(CPUs, threads, reason) of the predictor's burst: its `cpus` plus the vocoder's, used only for frames
+    while the vocoder has nothing to do. Automatic (`burst_threads` unset) on a uniform machine whose CPUs
+    are planned automatically: all of them. Off (threads 0) for other roles, on big.LITTLE boards (the LLMs
+    have the big cluster to themselves), with `burst_threads = 0`, or when it would add no CPU."""
+    if role != "predictor":
+        return cpus, 0, "only the predictor bursts"
+    want = getattr(role_cfg, "burst_threads", None)
+    if want == 0:
+        return cpus, 0, "burst off (burst_threads = 0)"
+    allowed_set = set(os.sched_getaffinity(0) if allowed is None else allowed)
+    vocoder, _ = plan_cpus("vocoder", vocoder_cfg, clusters, allowed_set, vocoder_on_npu=vocoder_on_npu)
+    wide = sorted(set(cpus) | set(vocoder))
+    if want is None:
+        explicit = getattr(role_cfg, "cpus", None) or getattr(role_cfg, "threads", None) \
+            or getattr(vocoder_cfg, "cpus", None)
+        if len([c for c in clusters if c]) > 1 or explicit:
+            return cpus, 0, "no automatic burst (big.LITTLE plan, or CPUs/threads configured)"
+        want = len(wide)
+    if len(wide) <= len(cpus):
+        return cpus, 0, "no burst: the vocoder's CPUs are the predictor's own"
+    return wide, want, (f"{want} threads on {format_cpu_list(wide)} for frames while the vocoder is idle")
+
+
 def thread_count(cpus: list[int], role_cfg: "RoleConfig | None") -> int:
     return getattr(role_cfg, "threads", None) or max(1, len(cpus))
 
@@ -315,6 +346,8 @@ class CpuPlan:
     cpus: list[int]
     threads: int
     reason: str
+    burst_cpus: list[int] | None = None  # predictor: `plan_burst` (None / 0 threads: no burst)
+    burst_threads: int = 0
 
     @property
     def cpu_list(self) -> str:
@@ -322,16 +355,20 @@ class CpuPlan:
 
 
 def pin_role(role: str, role_cfg: "RoleConfig | None", sysfs: str | os.PathLike = SYSFS_CPU,
-             npu: NpuProbe | None = None) -> CpuPlan:
+             npu: NpuProbe | None = None, vocoder_cfg: "RoleConfig | None" = None) -> CpuPlan:
     """Detect, plan, size the thread pools and pin this process; logs the decision. `npu`: the
-    `probe_vocoder_npu()` answer (None: the vocoder is planned on the CPUs)."""
+    `probe_vocoder_npu()` answer (None: the vocoder is planned on the CPUs). A predictor with a burst is
+    pinned to its burst CPUs; its daemon keeps the calling thread on `cpus` (see PredictorDaemon)."""
     clusters = detect_clusters(sysfs)
+    on_npu = bool(npu and npu.usable)
     if npu is not None and len(clusters) > 1:
         log.info("vocoder on the NPU: %s (%s)", "expected" if npu.usable else "no", npu.reason)
-    cpus, reason = plan_cpus(role, role_cfg, clusters, vocoder_on_npu=bool(npu and npu.usable))
+    cpus, reason = plan_cpus(role, role_cfg, clusters, vocoder_on_npu=on_npu)
     threads = thread_count(cpus, role_cfg)
     limit_thread_env(threads)
-    n = apply_affinity(cpus)
-    log.info("%s: cpus %s (%s); %d compute threads%s; %d existing threads pinned", role, format_cpu_list(cpus),
-             reason, threads, " (configured)" if getattr(role_cfg, "threads", None) else "", n)
-    return CpuPlan(cpus, threads, reason)
+    wide, burst, why = plan_burst(role, role_cfg, vocoder_cfg, clusters, cpus, vocoder_on_npu=on_npu)
+    n = apply_affinity(wide if burst else cpus)
+    log.info("%s: cpus %s (%s); %d compute threads%s; %d existing threads pinned%s", role, format_cpu_list(cpus),
+             reason, threads, " (configured)" if getattr(role_cfg, "threads", None) else "", n,
+             f"; burst: {why}" if role == "predictor" else "")
+    return CpuPlan(cpus, threads, reason, wide if burst else None, burst)

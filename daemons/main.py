@@ -92,7 +92,8 @@ def main(role, keydir, name, config_path, model_dir):
         from .gateway.http import run_gateway
         sys.exit(run_gateway(cfg))
     # Pin and size thread pools before numpy, llama.cpp or onnxruntime start theirs.
-    plan = pin_role(role, cfg.role(role), npu=probe_vocoder_npu(cfg))  # the same answer in every daemon
+    plan = pin_role(role, cfg.role(role), npu=probe_vocoder_npu(cfg),  # the same answer in every daemon
+                    vocoder_cfg=cfg.role("vocoder"))
     if role == "talker":
         from .talker_daemon import TalkerDaemon as D
     elif role == "predictor":

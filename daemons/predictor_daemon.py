@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np
 
 from . import protocol
+from .cpu import format_cpu_list
 from .engine.manifest import ModelDir
 from .engine.predictor import PredictorEngine
 from .engine.sampling import SamplingParams
@@ -54,8 +56,20 @@ class PredictorDaemon(WorkerService):
         self.hidden = self.md.talker["hidden_size"]
         self.sock = self.bind_router(self.cfg.endpoints["predictor"], private=True, rcvhwm=WORKER_RCVHWM)
 
+    def status_line(self) -> str:
+        burst = f"{self.burst_threads}@{format_cpu_list(self.burst_cpus)}" if self.burst_threads else "off"
+        return super().status_line() + f" burst={burst}"
+
     def warmup(self) -> None:
-        self.engine.predict(np.zeros(self.hidden, np.float32), 0, SamplingParams(), 0, 0)
+        zeros = np.zeros(self.hidden, np.float32)
+        if self.burst_threads:
+            # the OpenMP workers start now, inheriting the process's burst CPUs; then the calling thread (the
+            # one that decodes alone) goes back to the predictor's own CPUs, off the vocoder's
+            self.engine.set_threads(self.burst_threads)
+            self.engine.predict(zeros, 0, SamplingParams(), 0, 0)
+            os.sched_setaffinity(0, self.cpus)
+            self.engine.set_threads(self.threads)
+        self.engine.predict(zeros, 0, SamplingParams(), 0, 0)
 
     def handle_predict(self, ident: bytes, msg: protocol.Message) -> None:
         rid = msg.id
@@ -69,11 +83,18 @@ class PredictorDaemon(WorkerService):
             seed = _int_in("seed", h.get("seed"), MAX_SEED)
             frame = _int_in("frame", h.get("frame"), MAX_FRAME)
             params = sub_params(h.get("params", {}))
+            burst = h.get("burst", False)
+            if not isinstance(burst, bool):
+                raise ValueError("burst must be a boolean")
         except ValueError as e:
             self.reply(self.sock, ident, protocol.error(rid, "bad_request", str(e)))
             return
+        # burst: the talker says the vocoder is idle, so its CPUs are free for this frame
+        burst = burst and self.burst_threads > 0
+        threads = self.burst_threads if burst else self.threads
         try:
             t0 = time.perf_counter()
+            self.engine.set_threads(threads)
             codes, feedback = self.engine.predict(hidden, c0, params, seed, frame)
             compute_ms = (time.perf_counter() - t0) * 1000
         except ValueError as e:  # e.g. logits that are not finite (no sampling from NaN probabilities)
@@ -82,4 +103,5 @@ class PredictorDaemon(WorkerService):
             return
         # anything else escapes to WorkerService.serve_once: one log line, error `internal`, the loop goes on
         self.reply(self.sock, ident, protocol.encode("codes", {"codes": codes, "feedback": feedback},
-                                                     id=rid, frame=frame, ms=round(compute_ms, 3)))
+                                                     id=rid, frame=frame, ms=round(compute_ms, 3),
+                                                     threads=threads, burst=burst))

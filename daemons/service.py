@@ -38,6 +38,7 @@ class Service:
         self.stop_requested = False
         self.limits = cfg.limits
         self.cpus, self.threads = plan.cpus, plan.threads
+        self.burst_cpus, self.burst_threads = plan.burst_cpus, plan.burst_threads
         self.ctx = zmq.Context.instance()
         self.curve = Curve(cfg.security, self.ctx, self.log)  # CURVE on tcp:// sockets ([security])
         signal.signal(signal.SIGTERM, self._on_signal)

@@ -59,12 +59,15 @@ class RemotePredictor:
         self.sock, self.timeout_s, self.max_bytes = sock, timeout_s, max_bytes
         self.rid = ""
         self.compute_s = 0.0  # the last predict's compute time as the predictor daemon measured it
+        self.burst = False    # ask for the predictor's burst threads (the vocoder is idle)
+        self.bursted = False  # the last predict ran on the burst threads (the predictor says)
 
     def predict(self, hidden, c0, params: SamplingParams, seed, frame):
         sub = {"sub_do_sample": params.sub_do_sample, "sub_temperature": params.sub_temperature,
                "sub_top_k": params.sub_top_k, "sub_top_p": params.sub_top_p}
+        extra = {"burst": True} if self.burst else {}
         msg = protocol.encode("predict", {"hidden": np.asarray(hidden, np.float32)}, id=self.rid, frame=frame,
-                              c0=int(c0), seed=int(seed), params=sub)
+                              c0=int(c0), seed=int(seed), params=sub, **extra)
         deadline = time.monotonic() + self.timeout_s
         while True:  # not connected (IMMEDIATE): retry until the deadline, the daemon may be restarting
             try:
@@ -89,6 +92,7 @@ class RemotePredictor:
                 raise RequestFailed("predictor_unavailable", f"predictor: {r.header.get('message')}")
             ms = r.header.get("ms")
             self.compute_s = ms / 1000 if isinstance(ms, (int, float)) and 0 <= ms < 1e7 else 0.0
+            self.bursted = r.header.get("burst") is True
             return r.arrays["codes"].astype(np.int64), r.arrays["feedback"]
 
 
@@ -349,6 +353,15 @@ class TalkerDaemon(Service):
         if req is not None:
             self.run_request(req, req.deliver, msg)
 
+    def vocoder_idle(self) -> bool:
+        """Nothing of ours is with the vocoder: every message sent has its answer, and no voice reference is
+        being primed (until a request's first audio comes back). Then the predictor may use the vocoder's
+        CPUs for a frame; the vocoder's next work is a message from this loop, sent between frames."""
+        for r in list(self.draining.values()) + ([self.active] if self.active else []):
+            if r.seq_done != r.seq_sent or (r.context is not None and r.seq_done == 0):
+                return False
+        return True
+
     def check_timeouts(self) -> None:
         now = time.monotonic()
         for q in list(self.queues.values()):  # waiting counts towards request_timeout_s too
@@ -414,6 +427,7 @@ class TalkerDaemon(Service):
         for req in list(self.draining.values()):
             self.run_request(req, req.flush)  # frames that waited for a (re)connecting vocoder
         if self.active is not None:
+            self.predictor.burst = self.vocoder_idle()
             self.run_request(self.active, self.active.step)
         self.check_timeouts()
         if self.engine.cache is not None and self.drained() and not self.queues \

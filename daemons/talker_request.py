@@ -92,6 +92,7 @@ class Request:
     engines: Engines | None = None
     # where the generation time went (seconds, summed over segments; `timing()` turns it into ms/frame)
     times: dict = field(default_factory=lambda: dict.fromkeys(TIMES + ("step",), 0.0))
+    burst_frames: int = 0           # frames whose predictor used the idle vocoder's CPUs too
     gen_start: float | None = None  # perf_counter at its first step and after its latest one
     gen_end: float = 0.0
 
@@ -181,6 +182,7 @@ class Request:
     def _end_segment(self) -> None:
         for k, v in self.gen.times.items():
             self.times[k] += v
+        self.burst_frames += self.gen.burst_frames
         self.results.append({"index": self.seg, "frames": self.gen.frames, "stop": self.gen.stop,
                              "seed": self.gen.seed, "chars": len(self.segments[self.seg].text)})
         if self.pending:
@@ -289,11 +291,13 @@ class Request:
         """Per frame (ms): talker step, code-0 sampling, predictor call (round trip when remote) and its
         compute; `step` = all of the request's steps (those + progress notes, vocoder sends, later
         segments' prefills); `span` = wall time from its first step to its last, over frames (`step` + the
-        daemon's loop between steps: polling, vocoder replies, other clients). `prefill_ms` is the total."""
+        daemon's loop between steps: polling, vocoder replies, other clients). `prefill_ms` is the total;
+        `burst_frames` counts the frames whose predictor ran with its burst threads (the vocoder idle)."""
         n = max(len(self.frames), 1)
         t = {f"{k}_ms": round(v * 1000 / n, 3) for k, v in self.times.items() if k != "prefill"}
         t["span_ms"] = round((self.gen_end - self.gen_start) * 1000 / n, 3) if self.gen_start else 0.0
         t["prefill_ms"] = round(self.times["prefill"] * 1000, 3)
+        t["burst_frames"] = self.burst_frames
         return t
 
     @property

@@ -69,15 +69,16 @@ LANGUAGE = "english"
 FRAME_S = 0.08
 ROLES = ("predictor", "vocoder", "talker")
 
-# issue 4 targets (full size, talker and predictor q4_k_m, vocoder fp32, this 2-core machine)
+# issue 15 targets (full size, talker and predictor q4_k_m, vocoder fp32, this 2-core machine; the
+# predictor's at the official sampling); the speed-up is issue 4's
 TARGETS = {
-    "talker_ms_per_step": ("<=", 30.0),
-    "predictor_ms_per_frame": ("<=", 30.0),
-    "vocoder_ms_per_frame": ("<=", 50.0),
-    "e2e_rtf": ("<=", 1.0),
-    "ttfa_ms": ("<=", 300.0),
+    "talker_ms_per_step": ("<=", 22.0),
+    "predictor_ms_per_frame": ("<=", 40.0),
+    "vocoder_ms_per_frame": ("<=", 55.0),
+    "e2e_rtf": ("<=", 0.95),
+    "ttfa_ms": ("<=", 250.0),
     "speedup_vs_official": (">=", 30.0),
-    "daemons_rss_total_mb": ("<=", 1536.0),
+    "daemons_rss_total_mb": ("<=", 1400.0),
     # issue 13: the HTTP gateway
     "gateway_added_ttfa_ms": ("<=", 20.0),
     "gateway_added_rtf_pct": ("<=", 2.0),
@@ -351,22 +352,44 @@ def role_overrides(args) -> dict[str, dict]:
     return out
 
 
+def role_sections(args) -> list[str]:
+    """The daemons' [talker]/[predictor]/[vocoder] config lines from --role-* and --predictor-burst-threads."""
+    ov = role_overrides(args)
+    if args.predictor_burst_threads is not None:
+        ov.setdefault("predictor", {})["burst_threads"] = args.predictor_burst_threads
+    lines = []
+    for role, kv in ov.items():
+        lines.append(f"\n[{role}]")
+        if "cpus" in kv:
+            lines.append(f'cpus = "{kv["cpus"]}"')
+        for key in ("threads", "burst_threads"):
+            if key in kv:
+                lines.append(f"{key} = {int(kv[key])}")
+    return lines
+
+
 def daemon_layout(args, vocoder_on_npu: bool = False) -> dict:
     """The CPUs and thread count each daemon will use (daemons.cpu's plan + the --role-* overrides)."""
     from daemons.config import RoleConfig, parse_cpus
-    from daemons.cpu import detect_clusters, plan_cpus, thread_count
+    from daemons.cpu import detect_clusters, plan_burst, plan_cpus, thread_count
 
     clusters = detect_clusters()
     ov = role_overrides(args)
-    out = {}
+    out, rcs = {}, {}
     for role in ROLES:
         rc = RoleConfig()
         if "cpus" in ov.get(role, {}):
             rc.cpus = parse_cpus(ov[role]["cpus"], f"--role-cpus {role}")
         if "threads" in ov.get(role, {}):
             rc.threads = int(ov[role]["threads"])
+        if role == "predictor" and args.predictor_burst_threads is not None:
+            rc.burst_threads = args.predictor_burst_threads
         cpus, reason = plan_cpus(role, rc, clusters, vocoder_on_npu=vocoder_on_npu)
         out[role] = {"cpus": cpus, "threads": thread_count(cpus, rc), "reason": reason}
+        rcs[role] = rc
+    wide, burst, why = plan_burst("predictor", rcs["predictor"], rcs["vocoder"], clusters, out["predictor"]["cpus"],
+                                  vocoder_on_npu=vocoder_on_npu)
+    out["predictor"]["burst"] = {"cpus": wide, "threads": burst, "reason": why} if burst else None
     return out
 
 
@@ -404,6 +427,13 @@ def run_stages(a, model_dir: Path, layout: dict) -> dict:
         out["predictor"] = bench_predictor(model_dir, lp["threads"], a.frames, a.runs, keep)
         out["predictor"]["cpus"] = lp["cpus"]
     log(f"predictor: {out['predictor']['ms_per_frame']} ms/frame, profile {out['predictor']['profile']}")
+    if lp.get("burst"):  # the daemon's frames while the vocoder is idle: its burst threads on the wider set
+        lb = lp["burst"]
+        with pinned(lb["cpus"]):
+            log(f"predictor burst: {a.runs} x {a.frames} frames, {lb['threads']} threads on cpus {lb['cpus']}")
+            out["predictor_burst"] = bench_predictor(model_dir, lb["threads"], a.frames, a.runs, keep)
+            out["predictor_burst"]["cpus"] = lb["cpus"]
+        log(f"predictor burst: {out['predictor_burst']['ms_per_frame']} ms/frame")
     with pinned(lv["cpus"]):
         log(f"vocoder: {a.runs} x {a.frames} frames in chunks of {a.chunk_frames}, {lv['threads']} threads on "
             f"cpus {lv['cpus']}")
@@ -742,12 +772,7 @@ def bench_daemons(args, model_dir: Path) -> dict:
              "[limits]", f"max_frames = {max(2048, args.frames, args.official_frames)}",
              f"chunk_frames = {args.chunk_frames}", f"first_chunk_frames = {args.first_chunk_frames}",
              "predictor_timeout_s = 60.0", "vocoder_timeout_s = 120.0", "request_timeout_s = 3600.0"]
-    for role, kv in role_overrides(args).items():
-        lines.append(f"\n[{role}]")
-        if "cpus" in kv:
-            lines.append(f'cpus = "{kv["cpus"]}"')
-        if "threads" in kv:
-            lines.append(f"threads = {int(kv['threads'])}")
+    lines += role_sections(args)
     cfg.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
     env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT), QWEN3_TTS_LOG_LEVEL="INFO",
@@ -939,12 +964,7 @@ def bench_gateway(args, model_dir: Path) -> dict:
              "loop_frames = 0", "silence_frames = 0",
              "", "[sampling]", "seed = 3000",   # Wyoming's seed (no field for it): the first run's
              "", "[gateway]", f"port = {port}", f'wyoming_uri = "tcp://127.0.0.1:{wport}"']
-    for role, kv in role_overrides(args).items():
-        lines.append(f"\n[{role}]")
-        if "cpus" in kv:
-            lines.append(f'cpus = "{kv["cpus"]}"')
-        if "threads" in kv:
-            lines.append(f"threads = {int(kv['threads'])}")
+    lines += role_sections(args)
     cfg.write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QWEN3_TTS_")}
     env.update(QWEN3_TTS_CONFIG=str(cfg), PYTHONPATH=str(ROOT), QWEN3_TTS_LOG_LEVEL="INFO",
@@ -1244,6 +1264,10 @@ def print_table(res: dict) -> None:
             row("code predictor ms/frame" + label, p["ms_per_frame"], "ms", "predictor_ms_per_frame",
                 f"{pr['llama_decodes_per_frame']:g} decodes {pr['llama_decode_ms']} + heads/py "
                 f"{pr['heads_and_python_ms']} + sampling {pr['sampling_ms']}; {p['threads']} thr on cpus {p['cpus']}")
+        if "predictor_burst" in stg:
+            p = stg["predictor_burst"]
+            row("  ... its burst (vocoder idle)" + label, p["ms_per_frame"], "ms", None,
+                f"alone on cpus {p['cpus']} with {p['threads']} thr; the daemons' frames while the vocoder is idle")
         if "vocoder" in stg:
             v = stg["vocoder"]
             row("vocoder ms/frame" + label, v["ms_per_frame"], "ms", "vocoder_ms_per_frame",
@@ -1258,7 +1282,8 @@ def print_table(res: dict) -> None:
             row("daemons' ms/frame breakdown", b["span_ms"], "ms", None,
                 f"talker {b['talker_ms']} + sampling {b['sample_ms']} + predictor {b['predictor_compute_ms']} "
                 f"+ predictor transport {b['predictor_transport_ms']} + step other {b['step_other_ms']} "
-                f"+ talker loop {b['talker_loop_ms']}; prefill {b['prefill_ms']} ms")
+                f"+ talker loop {b['talker_loop_ms']}; prefill {b['prefill_ms']} ms; predictor burst on "
+                f"{b.get('burst_frames', 0):g} of {e2e['frames_per_run']} frames")
         row("time to first audio", e2e["ttfa_ms"], "ms", "ttfa_ms", f"10-word sentence, first chunk "
             f"{res['args']['first_chunk_frames']} frames")
         row("playback stalls", e2e["stall_s"], "s", None, "a player starting at the first chunk")
@@ -1524,6 +1549,8 @@ def main(argv=None) -> int:
     ap.add_argument("--first-chunk-frames", type=int, default=None)
     ap.add_argument("--role-cpus", action="append", default=[], metavar="ROLE=LIST", help="e.g. vocoder=1")
     ap.add_argument("--role-threads", action="append", default=[], metavar="ROLE=N", help="e.g. vocoder=1")
+    ap.add_argument("--predictor-burst-threads", type=int, default=None, metavar="N",
+                    help="[predictor] burst_threads for the daemons (0: off; default: their automatic plan)")
     ap.add_argument("--max-load", type=float, default=0.5, help="wait until the 1-min load average is below this")
     ap.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for an idle machine")
     ap.add_argument("--json", help="write all results here")

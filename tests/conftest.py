@@ -58,6 +58,17 @@ def synth(tiny_model):
     s.close()
 
 
+def burst_planned() -> bool:
+    """Whether a cluster with automatic CPUs gives the predictor a burst on this machine (daemons.cpu:
+    a uniform machine of 2+ CPUs)."""
+    from daemons.config import RoleConfig
+    from daemons.cpu import detect_clusters, plan_burst, plan_cpus
+
+    clusters = detect_clusters()
+    cpus, _ = plan_cpus("predictor", RoleConfig(), clusters)
+    return plan_burst("predictor", RoleConfig(), RoleConfig(), clusters, cpus)[1] > 0
+
+
 def snr_db(ref, x) -> float:
     import numpy as np
 

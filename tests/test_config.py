@@ -178,6 +178,9 @@ def test_environment_overrides_file(home):
     assert cfg.roles["predictor"] == RoleConfig([0, 1, 4, 5], None)
     assert cfg.roles["vocoder"] == RoleConfig([0, 2], 1)
     assert cfg.roles["talker"] == RoleConfig(None, None)                # "auto" / "" reset to automatic
+    for value, want in (("0", 0), ("3", 3), ("auto", None)):
+        got = load_config(env={**env, "QWEN3_TTS_PREDICTOR_BURST_THREADS": value}).roles["predictor"]
+        assert got.burst_threads == want
     assert (cfg.sampling["temperature"], cfg.sampling["do_sample"], cfg.sampling["seed"]) == (0.3, True, 7)
     assert cfg.sampling["top_k"] == 30
     assert (cfg.limits.queue_size, cfg.limits.vocoder_timeout_s, cfg.limits.max_frames) == (16, 3.5, 500)
@@ -224,6 +227,8 @@ def test_runtime_dir_in_file_beats_systemd_and_xdg(home):
     ('[talker]\ncpus = 4\n', r"talker\.cpus: expected a CPU list"),
     ('[vocoder]\nthreads = 0\n', r"vocoder\.threads: threads must be >= 1"),
     ('[vocoder]\nthreads = "2"\n', r"vocoder\.threads: expected an integer"),
+    ('[predictor]\nburst_threads = -1\n', r"predictor\.burst_threads: burst_threads must be >= 0"),
+    ('[talker]\nburst_threads = 2\n', r"unknown key talker\.burst_threads; allowed: talker\.cpus, talker\.threads"),
     ('[sampling]\ntop_p = 1.5\n', r"sampling\.top_p: must be in \(0, 1\]"),
     ('[sampling]\ntemperature = 0\n', r"sampling\.temperature: must be >= 1e-05"),
     ('[sampling]\ntemperature = 1e-6\n', r"sampling\.temperature: must be >= 1e-05"),  # validate() refuses it
@@ -251,6 +256,7 @@ def test_file_errors_name_file_and_key(home, text, pattern):
 
 @pytest.mark.parametrize("env, pattern", [
     ({"QWEN3_TTS_VOCODER_THREADS": "two"}, r"QWEN3_TTS_VOCODER_THREADS: expected an integer"),
+    ({"QWEN3_TTS_PREDICTOR_BURST_THREADS": "x"}, r"QWEN3_TTS_PREDICTOR_BURST_THREADS: expected an integer"),
     ({"QWEN3_TTS_PREDICTOR_CPUS": "4..7"}, r"QWEN3_TTS_PREDICTOR_CPUS: bad CPU list"),
     ({"QWEN3_TTS_SAMPLING_TEMP": "1"}, r"QWEN3_TTS_SAMPLING_TEMP: unknown key 'temp'"),
     ({"QWEN3_TTS_SAMPLING_TOP_P": "2"}, r"QWEN3_TTS_SAMPLING_TOP_P: must be in"),
@@ -373,7 +379,7 @@ def test_example_file_documents_every_key_with_its_default(home):
 
     documented = {"model_dir", "runtime_dir", "voices_dir", "cache_dir"}
     documented |= {f"endpoints.{r}" for r in C.ROLES}
-    documented |= {f"{r}.{k}" for r in C.ROLES for k in ("cpus", "threads")}
+    documented |= {f"{r}.{k}" for r in C.ROLES for k in ("cpus", "threads")} | {"predictor.burst_threads"}
     documented |= {f"sampling.{k}" for k in C._SAMPLING_KEYS}
     documented |= {f"limits.{f.name}" for f in dataclasses.fields(Limits)}
     documented |= {f"gateway.{f.name}" for f in dataclasses.fields(C.GatewayConfig)}

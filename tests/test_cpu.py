@@ -173,6 +173,34 @@ def test_uniform_plan_splits_vocoder_from_the_llms():
     assert cpu.plan_cpus("vocoder", RoleConfig(), [[0]], allowed=[0])[0] == [0]
 
 
+def test_predictor_burst_plan(tmp_path):
+    """The predictor's burst (frames while the vocoder is idle): automatic on a uniform machine planned
+    automatically (all its CPUs), never for another role, off on big.LITTLE unless configured, off with 0 or
+    when the vocoder's CPUs are the predictor's own."""
+    R = RoleConfig
+    for n, wide in ((2, [0, 1]), (4, [0, 1, 2, 3]), (8, list(range(8)))):
+        own, _ = cpu.plan_cpus("predictor", R(), [list(range(n))], allowed=range(n))
+        assert cpu.plan_burst("predictor", R(), R(), [list(range(n))], own, allowed=range(n))[:2] == (wide, n)
+        for role in ("talker", "vocoder"):
+            assert cpu.plan_burst(role, R(), R(), [list(range(n))], own, allowed=range(n))[1] == 0
+    # one CPU: the vocoder shares it, nothing to gain
+    assert cpu.plan_burst("predictor", R(), R(), [[0]], [0], allowed=[0])[1] == 0
+    # configured CPUs or threads: no automatic burst; burst_threads = 0: off
+    for pc, vc in ((R(cpus=[0]), R()), (R(threads=1), R()), (R(), R(cpus=[1])), (R(burst_threads=0), R())):
+        assert cpu.plan_burst("predictor", pc, vc, [[0, 1]], [0], allowed=[0, 1])[1] == 0, (pc, vc)
+    # ... but an explicit burst_threads applies to the configured sets too
+    wide, n, why = cpu.plan_burst("predictor", R(cpus=[0], burst_threads=2), R(cpus=[1]), [[0, 1]], [0],
+                                  allowed=[0, 1])
+    assert (wide, n) == ([0, 1], 2) and "vocoder is idle" in why
+    # RK3588: the LLMs have the big cores to themselves, so no automatic burst; configured, the CPU
+    # vocoder's CPUs join (the NPU vocoder's little cluster too, if asked for)
+    clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
+    own, _ = cpu.plan_cpus("predictor", R(), clusters, allowed=ALL8)
+    assert cpu.plan_burst("predictor", R(), R(), clusters, own, allowed=ALL8)[1] == 0
+    wide, n, _ = cpu.plan_burst("predictor", R(burst_threads=4), R(), clusters, own, allowed=ALL8)
+    assert own == [4, 5, 6] and wide == [0, 1, 2, 3, 4, 5, 6, 7] and n == 4
+
+
 def test_explicit_config_wins(tmp_path, caplog):
     clusters = cpu.detect_clusters(rk3588(tmp_path / "cpu"))
     for npu in (True, False):

@@ -236,6 +236,9 @@ def predictor_cases(hidden, codebook):
         "hidden-shape": _predict(hidden, np.zeros((2, hidden), np.float32)),
         "hidden-missing": protocol.encode("predict", id="p", frame=0, c0=1, seed=1),
         "no-id": _predict(hidden, id=None),
+        "burst-string": _predict(hidden, burst="yes"),
+        "burst-int": _predict(hidden, burst=1),
+        "burst-true": _predict(hidden, burst=True),  # valid: codes, whatever the daemon's burst plan
     }
 
 
@@ -380,6 +383,32 @@ def test_class1_example(cluster, role, case):
         assert not any(m.type == "error" and m.header["code"] == "internal" for m in replies), (case, replies)
 
 
+def test_predictor_burst_is_a_boolean_and_changes_no_code(cluster):
+    """`burst` (the talker: the vocoder is idle) runs the predict on the burst threads when the daemon has
+    them (it says how many in `threads`), with the same codes; anything but a boolean is a bad_request."""
+    from conftest import burst_planned
+
+    s = _dealer(cluster.endpoint["predictor"])
+    try:
+        got = {}
+        for name, h in (("plain", {}), ("burst", {"burst": True}), ("no-burst", {"burst": False}),
+                        ("bad", {"burst": "yes"})):
+            s.send_multipart(_predict(cluster.hidden, _h(cluster.hidden, 0.3), seed=9, frame=3, **h))
+            assert s.poll(30_000)
+            got[name] = protocol.decode(s.recv_multipart(), 1 << 26)
+    finally:
+        s.close(0)
+    assert got["bad"].type == "error" and got["bad"].header["code"] == "bad_request"
+    assert "burst must be a boolean" in got["bad"].header["message"]
+    ok = [got[k] for k in ("plain", "burst", "no-burst")]
+    assert all(m.type == "codes" for m in ok)
+    assert all(np.array_equal(m.arrays["codes"], ok[0].arrays["codes"]) and
+               np.array_equal(m.arrays["feedback"], ok[0].arrays["feedback"]) for m in ok)
+    own = ok[0].header["threads"]
+    assert ok[2].header["threads"] == own >= 1 and ok[0].header["burst"] is ok[2].header["burst"] is False
+    assert ok[1].header["burst"] is burst_planned() and (ok[1].header["threads"] > own) == burst_planned()
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_after_the_examples(cluster, role):
     _healthy(cluster, role)
@@ -394,7 +423,7 @@ TYPES = {"talker": ["synthesize", "cancel", "ping", "nonsense"],
          "vocoder": ["frames", "frames", "pause", "prime", "close", "ping"]}
 KEYS = {"talker": ["text", "language", "params", "max_frames", "voice", "voice_mode", "pause_ms", "segment",
                    "non_streaming", "return_codes"],
-        "predictor": ["frame", "c0", "seed", "params"],
+        "predictor": ["frame", "c0", "seed", "params", "burst"],
         "vocoder": ["seq", "samples"]}
 ARRAYS = {"talker": ["xvector"], "predictor": ["hidden"], "vocoder": ["codes", "context"]}
 PARAM_KEYS = ["temperature", "top_k", "top_p", "seed", "do_sample", "repetition_penalty", "sub_temperature",

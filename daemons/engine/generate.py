@@ -61,6 +61,7 @@ class Generation:
     # prefill, talker steps, code-0 sampling, predictor calls (wall; a remote one includes its round trip)
     # and the predictor's own compute (the remote one reports it: `compute_s`; in-process = its wall)
     times: dict = field(default_factory=lambda: dict.fromkeys(TIMES, 0.0))
+    burst_frames: int = 0          # frames whose (remote) predictor ran on its burst threads
 
 
 TIMES = ("prefill", "talker", "sample", "predictor", "predictor_compute")
@@ -96,6 +97,7 @@ def generate_frames(talker: Talker, predictor: Predictor, prompt: Prompt, sample
         t3 = clock()
         tm["predictor"] += t3 - t2
         tm["predictor_compute"] += getattr(predictor, "compute_s", None) or (t3 - t2)
+        gen.burst_frames += getattr(predictor, "bursted", False) is True
         gen.frames += 1
         yield codes
         if step + 1 == max_frames:

@@ -74,6 +74,7 @@ class EmbeddingLM:
         cp.n_seq_max = 1
         cp.n_threads = threads
         cp.n_threads_batch = threads
+        self.threads = threads
         cp.embeddings = True  # post-norm hidden states of output rows (pooling NONE)
         cp.pooling_type = L.LLAMA_POOLING_TYPE_NONE
         cp.flash_attn_type = 0  # disabled: with an F32 KV cache this matches the reference to ~1e-6
@@ -102,8 +103,16 @@ class EmbeddingLM:
             raise ModelError(f"llama.cpp could not create a context of {size} positions for {self._path}")
         self.ctx = ctx
         self.ctx_size = L.llama_n_ctx(ctx)
+        L.llama_set_n_threads(ctx, self.threads, self.threads)  # a regrown context keeps set_threads' count
         self._mem = L.llama_get_memory(ctx)
         self._views: dict[int, np.ndarray] = {}  # output buffer address -> numpy view (see _view)
+
+    def set_threads(self, n: int) -> None:
+        """Threads for the next decodes (llama.cpp takes them per call; results do not depend on them: each
+        output row's dot products stay on one thread)."""
+        if n != self.threads:
+            L.llama_set_n_threads(self.ctx, n, n)
+            self.threads = n
 
     def reserve(self, n: int) -> None:
         """Room for `n` positions: a KV cache of twice the size (or `n`, up to `n_ctx`), the sequence's rows

@@ -42,6 +42,10 @@ class PredictorEngine:
         self.proj = md.mtp_projection()          # None for 0.6B (identity)
         self.codebook_size = md.predictor["codebook_size"]
 
+    def set_threads(self, n: int) -> None:
+        """llama.cpp threads of the next predicts (the same codes at any count)."""
+        self.lm.set_threads(n)
+
     def _in(self, x: np.ndarray) -> np.ndarray:
         if self.proj is None:
             return x

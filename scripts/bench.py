@@ -1471,6 +1471,8 @@ def board_main(a) -> int:
     print(f"vocoder on the NPU: {'expected' if npu.usable else 'no'} ({npu.reason})")
     for role, lr in layout.items():
         print(f"plan {role}: cpus {lr['cpus']}, {lr['threads']} threads ({lr['reason']})")
+    b = layout["predictor"].get("burst")
+    print(f"predictor burst: {b['threads']} threads on cpus {b['cpus']}" if b else "predictor burst: off")
     sys.stdout.flush()
     res["idle_check"] = wait_for_idle(a.max_load, a.max_wait)
     res["memory_bandwidth"] = memory_bandwidth_gbs()

@@ -353,3 +353,27 @@ def test_frames_that_piled_up_go_out_in_capped_messages(synth):
     sizes = [len(m.arrays["codes"]) for m in links.to_vocoder if m.type == "frames"]
     assert sizes == [4, 4, 4] and [m.header["seq"] for m in links.to_vocoder if m.type == "frames"] == [0, 1, 2]
     assert len(req.pending) == 0
+
+
+def test_the_vocoder_is_idle_only_with_nothing_outstanding(synth):
+    """The talker marks a predict `burst` (the predictor may use the vocoder's CPUs) only when every
+    message it sent to the vocoder has its answer, and no in-context voice is still being primed."""
+    from types import SimpleNamespace
+
+    from daemons.talker_daemon import TalkerDaemon
+
+    idle = TalkerDaemon.vocoder_idle
+    req, links = make(synth, "Hello there.", cap=20, limits=Limits(first_chunk_frames=1, chunk_frames=4))
+    daemon = SimpleNamespace(draining={}, active=req)
+    assert idle(daemon)  # nothing sent yet
+    req.step()
+    assert req.seq_sent == 1 and not idle(daemon)  # the first chunk is with the vocoder
+    m = links.to_vocoder[-1]
+    req.deliver(protocol.Message("audio", {"seq": m.header["seq"]}, {"pcm": np.zeros(1920, np.float32)}))
+    assert idle(daemon)
+    other, _ = make(synth, "Hello there.", cap=20)
+    other.seq_sent = 3  # a draining request still waiting for audio counts too
+    assert not idle(SimpleNamespace(draining={"x": other}, active=None))
+    primed, _ = make(synth, "Hello there.", cap=20, context=np.ones((4, 16), np.int64))
+    assert primed.seq_sent == primed.seq_done == 0 and not idle(SimpleNamespace(draining={}, active=primed))
+    assert idle(SimpleNamespace(draining={}, active=None))

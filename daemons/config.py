@@ -397,21 +397,13 @@ def _as_path(value: Any, where: str, cwd: Path, home: str | None = None) -> Path
     return p if p.is_absolute() else cwd / p
 
 
-def _as_burst_threads(value: Any, where: str, from_env: bool) -> int | None:
+def _as_threads(value: Any, where: str, from_env: bool, key: str = "threads", least: int = 1) -> int | None:
+    """A thread count, or None for "auto" / "" (automatic)."""
     if isinstance(value, str) and value.strip().lower() in ("", "auto"):
         return None
     n = _as_int(value, where, from_env)
-    if n < 0:
-        raise ConfigError(f"{where}: burst_threads must be >= 0 (0: off), got {n}")
-    return n
-
-
-def _as_threads(value: Any, where: str, from_env: bool) -> int | None:
-    if isinstance(value, str) and value.strip().lower() in ("", "auto"):
-        return None
-    n = _as_int(value, where, from_env)
-    if n < 1:
-        raise ConfigError(f"{where}: threads must be >= 1, got {n}")
+    if n < least:
+        raise ConfigError(f"{where}: {key} must be >= {least}{' (0: off)' if least == 0 else ''}, got {n}")
     return n
 
 
@@ -670,9 +662,10 @@ def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | 
         if role == "predictor":
             var = "QWEN3_TTS_PREDICTOR_BURST_THREADS"
             if var in env:
-                rc.burst_threads = _as_burst_threads(env[var], var, True)
+                rc.burst_threads = _as_threads(env[var], var, True, "burst_threads", 0)
             elif "burst_threads" in t:
-                rc.burst_threads = _as_burst_threads(t["burst_threads"], f"{src}: predictor.burst_threads", False)
+                rc.burst_threads = _as_threads(t["burst_threads"], f"{src}: predictor.burst_threads", False,
+                                               "burst_threads", 0)
         if "cpus" in t:
             rc.cpus = parse_cpus(t["cpus"], f"{src}: {role}.cpus")
         if "threads" in t:

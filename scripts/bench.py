@@ -53,7 +53,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import threading
@@ -63,6 +62,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from scripts import bench_util  # noqa: E402 (after the path setup: run as a script too)
+from scripts.bench_util import make_log, median, r1  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy sleeping dog."  # 10 words
 LANGUAGE = "english"
@@ -89,17 +91,7 @@ TARGETS = {
 }
 
 
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return float(statistics.median(xs)) if xs else None
-
-
-def r1(x, nd=1):
-    return None if x is None else round(float(x), nd)
+log = make_log("bench")
 
 
 # --------------------------------------------------------------------------------------- machine / load
@@ -155,19 +147,7 @@ def git_info() -> dict:
 
 
 def wait_for_idle(max_load: float, max_wait_s: float) -> dict:
-    """Wait until the 1-minute load average is below `max_load` (other work on the machine skews every
-    figure); gives up after `max_wait_s` and records that."""
-    t0 = time.monotonic()
-    while True:
-        la = os.getloadavg()[0]
-        if la < max_load:
-            return {"loadavg_1m": r1(la, 2), "waited_s": r1(time.monotonic() - t0), "idle": True}
-        if time.monotonic() - t0 > max_wait_s:
-            log(f"WARNING: load average still {la:.2f} after {max_wait_s:.0f} s; measuring anyway (figures are "
-                "pessimistic)")
-            return {"loadavg_1m": r1(la, 2), "waited_s": r1(time.monotonic() - t0), "idle": False}
-        log(f"load average {la:.2f} >= {max_load}: waiting for the machine to be idle")
-        time.sleep(15)
+    return bench_util.wait_for_idle(max_load, max_wait_s, log)
 
 
 class ForeignLoad:

@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import threading
@@ -42,6 +41,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from scripts import bench_util  # noqa: E402 (after the path setup: run as a script too)
+from scripts.bench_util import make_log, median, r1  # noqa: E402
 WORKER = ROOT / "scripts" / "peers" / "peer_worker.py"
 QWENTTS_CONVERT = ROOT / "scripts" / "peers" / "qwentts_convert.py"
 SAMPLES_PER_FRAME = 1920  # 80 ms at 24 kHz
@@ -61,17 +65,7 @@ PEERS = {
 DEFAULT_PEERS = tuple(PEERS)
 
 
-def log(msg: str) -> None:
-    print(f"[bench_peers {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return float(statistics.median(xs)) if xs else None
-
-
-def rnd(x, nd=1):
-    return None if x is None else round(float(x), nd)
+log = make_log("bench_peers")
 
 
 # ------------------------------------------------------------------------------- parsing / normalisation (pure)
@@ -162,9 +156,9 @@ def summarise_runs(runs: list[dict]) -> dict:
     out = {}
     for k in SUMMARY_KEYS:
         v = median([r.get(k) for r in runs])
-        out[k] = rnd(v, 3 if k in ("rtf", "audio_s", "wall_s") else 1)
-    out["frames_per_run"] = [rnd(r.get("frames"), 1) for r in runs]
-    out["rtf_per_run"] = [rnd(r.get("rtf"), 3) for r in runs]
+        out[k] = r1(v, 3 if k in ("rtf", "audio_s", "wall_s") else 1)
+    out["frames_per_run"] = [r1(r.get("frames"), 1) for r in runs]
+    out["rtf_per_run"] = [r1(r.get("rtf"), 3) for r in runs]
     return out
 
 
@@ -254,13 +248,7 @@ def foreign_cores(busy0, busy1, own_cpu_s: float, wall_s: float) -> float | None
 
 
 def wait_for_idle(max_load: float, max_wait_s: float) -> dict:
-    t0 = time.monotonic()
-    while True:
-        la = os.getloadavg()[0]
-        if la < max_load or time.monotonic() - t0 >= max_wait_s:
-            return {"loadavg_1m": rnd(la, 2), "waited_s": rnd(time.monotonic() - t0), "idle": la < max_load}
-        log(f"load average {la:.2f} >= {max_load}: waiting for the machine to be idle")
-        time.sleep(15)
+    return bench_util.wait_for_idle(max_load, max_wait_s, log)
 
 
 def nice_cmd(cmd, nice: int):
@@ -322,7 +310,7 @@ def prepare_vox(py: Path, peer_dir: Path, ckpt: Path, a) -> dict:
     if r.returncode:
         raise RuntimeError(f"vox build failed: {(r.stderr or r.stdout).strip()[-300:]}")
     stamp.write_text(json.dumps(want, indent=1))
-    return {"model": str(tmod), "converted": True, "convert_s": rnd(time.perf_counter() - t0)}
+    return {"model": str(tmod), "converted": True, "convert_s": r1(time.perf_counter() - t0)}
 
 
 def prepare_qwentts(py: Path, peer_dir: Path, ckpt: Path, a) -> dict:
@@ -344,7 +332,7 @@ def prepare_qwentts(py: Path, peer_dir: Path, ckpt: Path, a) -> dict:
         raise RuntimeError(f"GGUF conversion failed: {(r.stderr or r.stdout).strip()[-300:]}")
     info = json.loads(r.stdout.strip().splitlines()[-1])
     stamp.write_text(json.dumps(want, indent=1))
-    return {"talker": str(talker), "codec": str(codec), "converted": True, "convert_s": rnd(time.perf_counter() - t0),
+    return {"talker": str(talker), "codec": str(codec), "converted": True, "convert_s": r1(time.perf_counter() - t0),
             "tensor_types": info.get("talker_types")}
 
 
@@ -384,15 +372,15 @@ def bench_peer(name: str, a, ckpt: Path) -> dict:
                 "version": version, "stderr_log": str(stderr_path)}
     (peer_dir / "worker.raw.json").write_text(json.dumps(raw, indent=1))
     runs = [normalise_run(engine, x, raw.get("sample_rate", 24000)) for x in raw["runs"]]
-    res = {"version": version, **summarise_runs(runs), "peak_rss_mb": rnd(r["peak_rss_mb"], 0),
-           "threads": a.threads, "runs": len(runs), "load_s": rnd(raw.get("load_s"), 2),
-           "worker_wall_s": rnd(r["wall_s"], 1), "worker_cpu_s": rnd(r["cpu_s"], 1),
-           "loadavg_1m": [rnd(la0[0], 2), rnd(os.getloadavg()[0], 2)], "idle_check": idle,
-           "foreign_cores": rnd(foreign_cores(busy0, busy1, r["cpu_s"], r["wall_s"]), 2),
+    res = {"version": version, **summarise_runs(runs), "peak_rss_mb": r1(r["peak_rss_mb"], 0),
+           "threads": a.threads, "runs": len(runs), "load_s": r1(raw.get("load_s"), 2),
+           "worker_wall_s": r1(r["wall_s"], 1), "worker_cpu_s": r1(r["cpu_s"], 1),
+           "loadavg_1m": [r1(la0[0], 2), r1(os.getloadavg()[0], 2)], "idle_check": idle,
+           "foreign_cores": r1(foreign_cores(busy0, busy1, r["cpu_s"], r["wall_s"]), 2),
            "rss_after_load_mb": (raw.get("rss_after_load") or {}).get("rss_mb"),
            "rss_end_mb": (raw.get("rss_end") or {}).get("rss_mb"),
            "rss_end_file_backed_mb": (raw.get("rss_end") or {}).get("file_mb"),
-           "first_chunk_frames": rnd(median([x.get("first_chunk_samples") for x in raw["runs"]]) / SAMPLES_PER_FRAME
+           "first_chunk_frames": r1(median([x.get("first_chunk_samples") for x in raw["runs"]]) / SAMPLES_PER_FRAME
                                      if any(x.get("first_chunk_samples") for x in raw["runs"]) else None, 2),
            "sampling": raw.get("params"), "model": {k: v for k, v in prep.items()}}
     if engine == "vox":

@@ -26,19 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from scripts.gguf_export import LAYER_MAP  # noqa: E402 (numpy only at import: fine in the peer's venv)
+
 RVQ_EPS = 1e-5
 LM_SUFFIX = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "self_attn.q_norm.weight": "attn_q_norm.weight",
-    "self_attn.k_norm.weight": "attn_k_norm.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
+    **LAYER_MAP,  # the Qwen3 decoder layers: the same llama.cpp names as our own export
     # the codec encoder's transformer (Mimi): LayerNorm with bias, fc1/fc2 MLP, layer scales
     "input_layernorm.bias": "attn_norm.bias",
     "post_attention_layernorm.bias": "ffn_norm.bias",

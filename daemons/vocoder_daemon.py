@@ -125,8 +125,11 @@ class VocoderDaemon(WorkerService):
     @staticmethod
     def _advance(job: list, step: int) -> None:
         stream, codes, at = job[0], job[1], job[2]
-        stream.decode(codes[at:at + step])
-        job[2] = at + step
+        if hasattr(stream, "prime"):  # head-only for most of the reference (engine/vocoder.py)
+            job[2] = stream.prime(codes, at, step)
+        else:
+            stream.decode(codes[at:at + step])
+            job[2] = at + step
 
     def _add_job(self, key: str, codes: np.ndarray, idle: bool) -> None:
         if key in self.jobs:
@@ -269,10 +272,11 @@ class VocoderDaemon(WorkerService):
     def primed_stream(self, ctx: np.ndarray, note=None):
         """A new stream that has already decoded `ctx` (an in-context voice's reference codes, validated) and
         dropped its audio: the official decode(ref + generated) then cut, without the re-decode per request:
-        the primed state is kept per reference. Priming still needed is done now, DECODE_STEP_FRAMES at a time,
-        with `note(done, total)` after each step: a long reference takes longer than the talker's
-        vocoder_timeout_s (400 frames: ~13 s at full size here, ~30 s on an RK3588's A76 cores), and the
-        notes tell the talker the vocoder is at work on its stream, not gone."""
+        the primed state is kept per reference. Priming still needed is done now: the head alone over all but
+        the last frames, then DECODE_STEP_FRAMES at a time (`VocoderStream.prime`), with `note(done, total)`
+        after each step. 400 frames take ~2 s at full size here (12.5 s when every frame went through the
+        whole graph, which an RKNN stream still does: ~30 s on a board); the notes tell the talker the
+        vocoder is at work on its stream, not gone."""
         key = self._context_key(ctx)
         primed = self.contexts.get(key)
         if primed is not None:

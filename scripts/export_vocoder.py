@@ -55,6 +55,11 @@ CONV2D_DEFAULT = True  # measured: docs/PERFORMANCE.md, "Vocoder (issue 15, sess
 SNAKE_DEFAULT = "mul"
 TCONV_FORMS = ("convtranspose", "polyphase")
 TCONV_DEFAULT = "polyphase"
+# The head: RVQ dequantisation, pre_conv and the sliding-window transformer, ~1 % of the decoder's work, whose
+# state needs the whole left context (580 frames). `vocoder_head.onnx` is that part alone, extracted from
+# vocoder.onnx: priming a voice's reference runs it over all but the last frames (daemons/engine/vocoder.py).
+HEAD_NAME = "vocoder_head.onnx"
+HEAD_STATE_PREFIXES = ("tfm_", "pre_conv")
 
 
 def _build_streaming_module(decoder, *, conv2d: bool = CONV2D_DEFAULT, snake: str = SNAKE_DEFAULT,
@@ -382,7 +387,7 @@ def export_vocoder(checkpoint_dir: str | Path, out_dir: str | Path, *, exporter:
 
     onnx_path = out_dir / ONNX_NAME
     data_name = ONNX_NAME + ".data"
-    for stale in (onnx_path, out_dir / data_name):
+    for stale in (onnx_path, out_dir / data_name, out_dir / HEAD_NAME):
         if stale.exists():
             stale.unlink()
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -434,8 +439,10 @@ def export_vocoder(checkpoint_dir: str | Path, out_dir: str | Path, *, exporter:
     else:
         onnx.save_model(model, str(onnx_path))
     del model
+    head_states = [n for n in sv.state_names if n.startswith(HEAD_STATE_PREFIXES)]
+    _extract_head(onnx_path, out_dir / HEAD_NAME, head_states)
 
-    files = [ONNX_NAME] + ([data_name] if external else [])
+    files = [ONNX_NAME] + ([data_name] if external else []) + [HEAD_NAME]
     spec = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -457,6 +464,7 @@ def export_vocoder(checkpoint_dir: str | Path, out_dir: str | Path, *, exporter:
         "state_input_prefix": "state_in_",
         "state_output_prefix": "state_out_",
         "states": [dict(s, init="zeros") for s in sv.spec],
+        "head": {"onnx": HEAD_NAME, "states": head_states},
         "state_bytes": int(sum(int(np.prod(s["shape"])) * 4 if s["dtype"] == "float32" else 8
                                for s in sv.spec)),
         "weights_bytes": int(weight_bytes),
@@ -470,6 +478,18 @@ def export_vocoder(checkpoint_dir: str | Path, out_dir: str | Path, *, exporter:
         spec["verify"] = _verify(dec, onnx_path, spec, seed)
     (out_dir / SPEC_NAME).write_text(json.dumps(spec, indent=2) + "\n")
     return spec
+
+
+def _extract_head(onnx_path: Path, head_path: Path, head_states: list[str]) -> None:
+    """The subgraph of vocoder.onnx from codes + the head's states to the head's new states (its weights
+    inline: ~143 MB at full size)."""
+    import onnx.utils
+
+    onnx.utils.extract_model(str(onnx_path), str(head_path), ["codes"] + [f"state_in_{n}" for n in head_states],
+                             [f"state_out_{n}" for n in head_states], check_model=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(head_path, 0o666 & ~umask)
 
 
 def _verify(dec, onnx_path, spec, seed) -> dict:

@@ -107,9 +107,10 @@ def test_primed_voice_states_are_kept_least_recently_used_first_out(vocoder):
 
 def test_priming_a_reference_sends_progress_notes(vocoder, tiny_model):
     """A seq-0 message whose reference is not primed yet: the vocoder primes it there and then, and tells the
-    talker after every 16-frame step (a 400-frame reference takes longer than the talker's vocoder_timeout_s
-    at full size, and longer still on a board), then answers with the audio of the stream primed so."""
-    from daemons.engine.vocoder import VocoderEngine
+    talker after every step (the head-only pass over most of the reference, then 16-frame steps: a long
+    reference may take longer than the talker's vocoder_timeout_s on a board), then answers with the audio
+    of the stream primed so."""
+    from daemons.engine.vocoder import HEAD_TAIL_FRAMES, VocoderEngine
     from daemons.vocoder_daemon import DECODE_STEP_FRAMES
 
     sock, codebook = vocoder
@@ -117,8 +118,9 @@ def test_priming_a_reference_sends_progress_notes(vocoder, tiny_model):
     ctx, codes = rng.integers(0, codebook, (100, 16)), rng.integers(0, codebook, (3, 16))
     sock.send_multipart(protocol.encode("frames", {"codes": codes, "context": ctx}, id="long", seq=0))
     notes, m = _after_priming(sock)
-    steps = list(range(DECODE_STEP_FRAMES, 100, DECODE_STEP_FRAMES)) + [100]
-    assert notes == [(f, 100, 0, "long") for f in steps]
+    # the head alone over the first 84 frames (one step), then the last 16 through the whole graph
+    assert HEAD_TAIL_FRAMES <= DECODE_STEP_FRAMES
+    assert notes == [(f, 100, 0, "long") for f in (100 - HEAD_TAIL_FRAMES, 100)]
     assert m.type == "audio" and m.header["seq"] == 0
     s = VocoderEngine(tiny_model, threads=1).new_stream()
     for i in range(0, 100, DECODE_STEP_FRAMES):

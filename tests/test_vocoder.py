@@ -184,3 +184,42 @@ def test_bad_input_is_rejected(engine):
         stream.decode(bad)
     # a rejected chunk leaves the stream untouched
     assert stream.frames == 0
+
+
+def test_priming_runs_the_head_alone_for_all_but_the_last_frames(exported, engine, official_decoder):
+    """A voice reference primes a stream with one head-only pass (vocoder_head.onnx: RVQ, pre_conv, the
+    transformer, whose state needs all of the reference) over all but its last HEAD_TAIL_FRAMES, which then
+    go through the whole graph (the conv tail depends on its last 10 frames only). What follows sounds as
+    after decoding the whole reference: the official decode(reference + codes) then cut."""
+    from daemons.engine.vocoder import HEAD_TAIL_FRAMES
+
+    out, spec = exported
+    assert spec["head"]["onnx"] in spec["files"] and (out / spec["head"]["onnx"]).is_file()
+    # the head's states: the position, pre_conv's left context and the transformer's KV cache
+    assert spec["head"]["states"] == [s["name"] for s in spec["states"]
+                                      if s["kind"] in ("position", "kv_k", "kv_v") or s["name"] == "pre_conv"]
+    assert engine.head_path is not None
+    rng = np.random.default_rng(SEED + 7)
+    ref, codes = rng.integers(0, engine.codebook_size, (120, 16)), rng.integers(0, engine.codebook_size, (12, 16))
+    fast, steps, at = engine.new_stream(), [], 0
+    while at < len(ref):
+        at = fast.prime(ref, at, 16)
+        steps.append(at)
+    assert steps == [120 - HEAD_TAIL_FRAMES, 120] and fast.frames == 120
+    slow = engine.new_stream()
+    for i in range(0, 120, 16):
+        slow.decode(ref[i:i + 16])
+    a, b = slow.decode(codes), fast.decode(codes)
+    assert snr_db(a, b) >= 60
+    with torch.no_grad():
+        whole = official_decoder(torch.from_numpy(np.concatenate([ref, codes])).t().unsqueeze(0)).reshape(-1).numpy()
+    assert snr_db(whole[120 * 1920:], b) >= SPEC_MIN_SNR_DB
+    # a short reference, a stream already started, or an engine without the head file: whole-graph steps
+    short = engine.new_stream()
+    assert short.prime(ref[:HEAD_TAIL_FRAMES], 0, 16) == HEAD_TAIL_FRAMES
+    started = engine.new_stream()
+    started.decode(codes[:1])
+    assert started.prime(ref, 0, 16) == 16
+    plain = VocoderEngine(out / spec["onnx"], spec, threads=1)
+    plain.head_path = None
+    assert plain.new_stream().prime(ref, 0, 16) == 16

@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 
 from daemons.engine.manifest import FORMAT, FORMAT_VERSION  # noqa: E402
 
-CONVERTER_VERSION = "0.3.0"  # 0.2: voice-cloning encoders; 0.3: fp16 predictor embeddings (quantized)
+CONVERTER_VERSION = "0.4.0"  # 0.2: voice-cloning encoders; 0.3: fp16 predictor embeddings (quantized); 0.4: vocoder_head.onnx
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 REPO_ID = "Qwen/Qwen3-TTS-12Hz-0.6B-Base"
 

@@ -19,8 +19,9 @@ Client <-> talker (client DEALER -> talker ROUTER):
   cancel {id}                                               -> (the request ends with error{cancelled})
   ping {}                                                   -> pong {role, ready, queue, active, languages}
 Talker <-> predictor (DEALER -> ROUTER):
-  predict {id, frame, c0, seed, params{...}} + hidden f32 [hidden] -> codes {id, frame, ms} + codes i64 [16]
-                                                                      + feedback f32 [hidden]
+  predict {id, frame, c0, seed, params{...}[, burst]} + hidden f32 [hidden]
+                                  -> codes {id, frame, ms, threads, burst} + codes i64 [16] + feedback f32 [hidden]
+                                     (burst: the vocoder is idle, so a predictor with a burst plan may use its CPUs)
 Talker <-> vocoder (DEALER -> ROUTER), streams keyed by (connection, id), 1 <= n <= 64 (MAX_FRAMES_PER_MESSAGE):
   frames {id, seq} + codes i64 [n, 16] [+ context i64 [m, 16] at seq 0]  -> audio {id, seq} + pcm f32 [n * 1920]
                        (before it, while a seq-0 context is primed: priming {id, seq: 0, frames, of} per step;

@@ -353,11 +353,15 @@ class TalkerDaemon(Service):
         if req is not None:
             self.run_request(req, req.deliver, msg)
 
+    def in_flight(self) -> list[Request]:
+        """The requests past the queue: those whose audio is still coming, and the one generating."""
+        return list(self.draining.values()) + ([self.active] if self.active else [])
+
     def vocoder_idle(self) -> bool:
         """Nothing of ours is with the vocoder: every message sent has its answer, and no voice reference is
         being primed (until a request's first audio comes back). Then the predictor may use the vocoder's
         CPUs for a frame; the vocoder's next work is a message from this loop, sent between frames."""
-        for r in list(self.draining.values()) + ([self.active] if self.active else []):
+        for r in self.in_flight():
             if r.seq_done != r.seq_sent or (r.context is not None and r.seq_done == 0):
                 return False
         return True
@@ -368,7 +372,7 @@ class TalkerDaemon(Service):
             for req in list(q):
                 if now - req.accepted > self.limits.request_timeout_s:
                     self.fail(req, "timeout", f"request waited {self.limits.request_timeout_s:g} s in the queue")
-        for req in list(self.draining.values()) + ([self.active] if self.active else []):
+        for req in self.in_flight():
             self.run_request(req, req.overdue, now)
 
     def on_stop(self) -> None:
@@ -382,7 +386,7 @@ class TalkerDaemon(Service):
             for r in list(q):
                 self.fail(r, "shutting_down", "the talker daemon is stopping")
         if time.monotonic() > self.drain_deadline:
-            for r in list(self.draining.values()) + ([self.active] if self.active else []):
+            for r in self.in_flight():
                 self.fail(r, "shutting_down", f"the talker daemon is stopping (drain took over "
                                               f"{self.limits.drain_timeout_s:g} s)")
 

@@ -124,12 +124,7 @@ class VocoderDaemon(WorkerService):
 
     @staticmethod
     def _advance(job: list, step: int) -> None:
-        stream, codes, at = job[0], job[1], job[2]
-        if hasattr(stream, "prime"):  # head-only for most of the reference (engine/vocoder.py)
-            job[2] = stream.prime(codes, at, step)
-        else:
-            stream.decode(codes[at:at + step])
-            job[2] = at + step
+        job[2] = job[0].prime(job[1], job[2], step)  # head-only for most of the reference (engine/vocoder.py)
 
     def _add_job(self, key: str, codes: np.ndarray, idle: bool) -> None:
         if key in self.jobs:

@@ -1500,8 +1500,7 @@ def board_main(a) -> int:
     print(res["row"]["markdown"])
     if res["random_weights"]:
         print("NOTE: random weights (audio is noise); frame counts are fixed, not EOS-terminated.")
-    json_path.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    log(f"wrote {json_path}")
+    bench_util.write_json(json_path, res, log)
     return 0
 
 
@@ -1635,8 +1634,7 @@ def main(argv=None) -> int:
         print("\nPeers (scripts/bench_peers.py, same checkpoint, RTF = wall / audio):")
         print(bench_peers.format_table(res["peers"]))
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
-        log(f"wrote {a.json}")
+        bench_util.write_json(a.json, res, log)
     return 0
 
 

@@ -471,8 +471,7 @@ def main(argv=None) -> int:
               a.warmup_frames, a.vox_quant, a.qwentts_quant, a.nice, a.timeout, a.peers_dir, a.max_load, a.max_wait)
     print(format_table(res["peers"]))
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
-        log(f"wrote {a.json}")
+        bench_util.write_json(a.json, res, log)
     return 0
 
 

@@ -2,10 +2,12 @@
 medians and rounding, and waiting for a quiet machine."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -22,6 +24,11 @@ def median(xs):
 
 def r1(x, nd=1):
     return None if x is None else round(float(x), nd)
+
+
+def write_json(path, res: dict, log: Callable[[str], None]) -> None:
+    Path(path).write_text(json.dumps(res, indent=2, default=str) + "\n")
+    log(f"wrote {path}")
 
 
 def wait_for_idle(max_load: float, max_wait_s: float, log: Callable[[str], None]) -> dict:

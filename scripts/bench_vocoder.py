@@ -33,13 +33,14 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from scripts import bench_util  # noqa: E402 (after the path setup: run as a script too)
 
 GRAPHS = {  # name -> export_vocoder (conv2d, snake, tconv)
     "c1-pow": (False, "pow", "convtranspose"), "c1-mul": (False, "mul", "convtranspose"),
@@ -58,8 +59,7 @@ DEFAULT_VARIANTS = ["c1-pow", "c1-mul", "c2-pow", "c2-mul", "c1-mul-pp", "c2-mul
                     "nomempat", "offline"]
 
 
-def log(msg: str) -> None:
-    print(f"[bench_vocoder {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+log = bench_util.make_log("bench_vocoder")
 
 
 def snr_db(ref, x) -> float:
@@ -343,8 +343,7 @@ def main(argv=None) -> int:
         print(f"{n:<10} {ms:>8.1f} {ms / ref_ms:>6.3f} {cms:>7.1f} {cms / ref_cpu:>6.3f} {snr:>7} "
               f"{meta[n]['load_s']:>7.1f}  {kernels_summary(meta[n]['kernels'])}")
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=2, default=str) + "\n")
-        log(f"wrote {a.json}")
+        bench_util.write_json(a.json, res, log)
     return 0
 
 

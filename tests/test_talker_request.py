@@ -362,7 +362,12 @@ def test_the_vocoder_is_idle_only_with_nothing_outstanding(synth):
 
     from daemons.talker_daemon import TalkerDaemon
 
-    idle = TalkerDaemon.vocoder_idle
+    class Loop(SimpleNamespace):  # the daemon's two methods over a stand-in for its request tables
+        in_flight, vocoder_idle = TalkerDaemon.in_flight, TalkerDaemon.vocoder_idle
+
+    def idle(ns):
+        return Loop(**vars(ns)).vocoder_idle()
+
     req, links = make(synth, "Hello there.", cap=20, limits=Limits(first_chunk_frames=1, chunk_frames=4))
     daemon = SimpleNamespace(draining={}, active=req)
     assert idle(daemon)  # nothing sent yet

@@ -121,11 +121,7 @@ class VocoderEngine:
             sess = cpu_session(self.head_path, self._threads, providers=self._providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ModelError(f"cannot load the vocoder head {self.head_path}: {e}") from None
-        ov = self._ort.OrtValue.ortvalue_from_numpy
-        feeds = {"codes": ov(codes)}
-        for i in self._head_states:
-            st = states[i]
-            feeds[self._in_names[1 + i]] = st if isinstance(st, self._ort.OrtValue) else ov(np.ascontiguousarray(st))
+        feeds = self._feeds(codes, states, self._head_states)
         outs = sess.run_with_ort_values([self._out_names[1 + i] for i in self._head_states], feeds)
         new = list(states)
         for i, o in zip(self._head_states, outs):
@@ -162,13 +158,18 @@ class VocoderEngine:
                              f"{int(codes[bad[0], bad[1]])} (frame {bad[0]}, codebook {bad[1]})")
         return np.ascontiguousarray(codes, dtype=np.int64)
 
-    def _run(self, codes: np.ndarray, states: list):
-        """One chunk step. `states` are OrtValues (or numpy arrays); returns (wav numpy, new OrtValues)."""
+    def _feeds(self, codes: np.ndarray, states: list, which) -> dict:
+        """Session inputs: codes and the states numbered `which` (OrtValues, or numpy arrays)."""
         ov = self._ort.OrtValue.ortvalue_from_numpy
         feeds = {"codes": ov(codes)}
-        for name, st in zip(self._in_names[1:], states):
-            feeds[name] = st if isinstance(st, self._ort.OrtValue) else ov(np.ascontiguousarray(st))
-        outs = self.session.run_with_ort_values(self._out_names, feeds)
+        for i in which:
+            st = states[i]
+            feeds[self._in_names[1 + i]] = st if isinstance(st, self._ort.OrtValue) else ov(np.ascontiguousarray(st))
+        return feeds
+
+    def _run(self, codes: np.ndarray, states: list):
+        """One chunk step. `states` are OrtValues (or numpy arrays); returns (wav numpy, new OrtValues)."""
+        outs = self.session.run_with_ort_values(self._out_names, self._feeds(codes, states, range(len(states))))
         return outs[0].numpy().reshape(-1), list(outs[1:])
 
     def decode_all(self, codes) -> np.ndarray:
@@ -201,10 +202,9 @@ class VocoderStream:
         next `at`. A fresh stream whose engine has a head model takes all but the last HEAD_TAIL_FRAMES in
         one head-only pass (400 frames at full size: 12.5 s -> 0.6 s, 81 dB from decoding them all); then,
         and otherwise, `step` frames go through the whole graph."""
-        codes = self.engine.validate(codes)
         n = len(codes) - HEAD_TAIL_FRAMES
         if at == 0 and self.frames == 0 and n > 0 and hasattr(self.engine, "prime_head"):
-            states = self.engine.prime_head(codes[:n], self._states)
+            states = self.engine.prime_head(self.engine.validate(codes[:n]), self._states)
             if states is not None:
                 self._states, self.frames = states, n
                 return n
